@@ -1,0 +1,94 @@
+"""Greedy non-maximum suppression without a Python loop over boxes.
+
+Greedy NMS keeps box i (in descending score order) unless an earlier *kept* box overlaps it by
+more than the threshold. With S[j, i] = "j comes before i and IoU(j, i) > t", the kept set K is
+the unique fixed point of K[i] = not any_j(S[j, i] and K[j]): K[0] is always kept, and K[i]
+depends only on K[j < i]. Iterating from "keep everything" settles the first t boxes after t
+steps, and in practice converges in a handful of matrix steps, because suppression chains are
+short. The result is exactly torchvision's greedy NMS (stable sort, IoU as
+inter / ((area_i + area_j) - inter) in the boxes' dtype, drop when IoU > threshold compared in
+double precision).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .boxes import box_iou
+
+
+def _threshold_for_dtype(iou_threshold: float, dtype: torch.dtype) -> float:
+    """The largest value t of `dtype` with t <= iou_threshold, so `iou > t` in that dtype equals
+    `iou > iou_threshold` done in double precision."""
+    t = torch.tensor(iou_threshold, dtype=dtype)
+    if t.double().item() > iou_threshold:
+        t = torch.nextafter(t, torch.tensor(float("-inf"), dtype=dtype))
+    return t.item()
+
+
+def _greedy_keep(suppresses: Tensor) -> Tensor:
+    """suppresses: bool (..., R, R), [j, i] true when j is ranked before i and overlaps it.
+    Returns the bool (..., R) greedy keep mask."""
+    keep = torch.ones(suppresses.shape[:-1], dtype=torch.bool, device=suppresses.device)
+    while True:
+        # box i is suppressed if any currently kept box j suppresses it
+        suppressed = (suppresses & keep.unsqueeze(-1)).any(dim=-2)
+        new_keep = ~suppressed
+        if torch.equal(new_keep, keep):
+            return keep
+        keep = new_keep
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Indices (int64) of the boxes kept by greedy NMS, in descending score order."""
+    return batched_nms(boxes, scores, torch.zeros_like(scores, dtype=torch.int64), iou_threshold)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """NMS applied independently within each group (class or level).
+
+    boxes (R, 4), scores (R,), groups int (R,). Returns kept indices sorted by descending score.
+    """
+    num = boxes.shape[0]
+    if num == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    threshold = _threshold_for_dtype(iou_threshold, boxes.dtype)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    boxes, groups = boxes[order], groups[order]
+
+    # Two layouts compute the same thing: one (R, R) matrix masked to same-group pairs, or a
+    # padded (G, Rg, Rg) stack of per-group matrices. Take whichever has fewer entries.
+    group_ids, group_of_box, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    max_count = int(counts.max())
+    if group_ids.numel() * max_count * max_count >= num * num:
+        rank = torch.arange(num, device=boxes.device)
+        suppresses = (box_iou(boxes, boxes) > threshold) & (rank[:, None] < rank[None, :])
+        suppresses &= group_of_box[:, None] == group_of_box[None, :]
+        keep = _greedy_keep(suppresses)
+        return order[keep]
+
+    # Position of each box inside its group, preserving score order (stable sort by group).
+    by_group = torch.sort(group_of_box, stable=True).indices
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(num, device=boxes.device) - starts[group_of_box[by_group]]
+    padded = boxes.new_zeros((group_ids.numel(), max_count, 4))
+    valid = torch.zeros((group_ids.numel(), max_count), dtype=torch.bool, device=boxes.device)
+    padded[group_of_box[by_group], slot] = boxes[by_group]
+    valid[group_of_box[by_group], slot] = True
+
+    iou = _batched_box_iou(padded)
+    rank = torch.arange(max_count, device=boxes.device)
+    suppresses = (iou > threshold) & (rank[:, None] < rank[None, :]) & valid[:, :, None] & valid[:, None, :]
+    keep_padded = _greedy_keep(suppresses) & valid
+    kept_sorted = by_group[keep_padded[group_of_box[by_group], slot]]
+    return order[torch.sort(kept_sorted).values]
+
+
+def _batched_box_iou(boxes: Tensor) -> Tensor:
+    """(G, R, 4) -> (G, R, R) IoU within each group, same arithmetic as `box_iou`."""
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    lt = torch.max(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    rb = torch.min(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area[:, :, None] + area[:, None, :] - inter)

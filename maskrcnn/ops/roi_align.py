@@ -1,0 +1,171 @@
+"""RoIAlign and RoIPool in vectorized PyTorch.
+
+RoIAlign averages bilinear samples taken on a regular grid inside each output bin. Every sample
+is drawn in one `grid_sample` call, whose 'border' padding reproduces the reference kernel's edge
+rule (a point within one cell outside the map reads the edge value) and whose backward gives the
+gradient for free. Points further outside contribute 0, as in torchvision's compiled kernels.
+
+Conventions (both supported):
+    aligned=False (torchvision, the original Mask R-CNN): box corners are scaled to the feature map
+        as they are, and a box is at least 1x1 cell.
+    aligned=True (Detectron2 "ROIAlignV2"): 0.5 is subtracted after scaling, so a box is measured
+        between pixel centers; no minimum size.
+sampling_ratio > 0 takes that many samples per bin side; 0 (or negative) takes
+ceil(roi_size / output_size) samples, per RoI.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Bound on sampling points materialized at once (points x channels), to cap memory.
+_MAX_ELEMENTS_PER_CHUNK = 1 << 26
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def roi_align(
+    features: Tensor,
+    rois: Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """features (N, C, H, W); rois (R, 5) as (batch_index, x1, y1, x2, y2) in input pixels.
+    Returns (R, C, ph, pw)."""
+    ph, pw = _pair(output_size)
+    num_rois = rois.shape[0]
+    _, channels, height, width = features.shape
+    out = features.new_zeros((num_rois, channels, ph, pw))
+    if num_rois == 0:
+        return out
+    rois = rois.to(features.dtype)
+
+    offset = 0.5 if aligned else 0.0
+    x1 = rois[:, 1] * spatial_scale - offset
+    y1 = rois[:, 2] * spatial_scale - offset
+    roi_w = rois[:, 3] * spatial_scale - offset - x1
+    roi_h = rois[:, 4] * spatial_scale - offset - y1
+    if not aligned:
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    bin_h = roi_h / ph
+    bin_w = roi_w / pw
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(roi_h, sampling_ratio)
+        grid_w = torch.full_like(roi_w, sampling_ratio)
+    else:
+        grid_h = torch.ceil(roi_h / ph).clamp(min=1)
+        grid_w = torch.ceil(roi_w / pw).clamp(min=1)
+    max_grid_h = int(grid_h.max()) if sampling_ratio <= 0 else sampling_ratio
+    max_grid_w = int(grid_w.max()) if sampling_ratio <= 0 else sampling_ratio
+
+    # Sample coordinates along each axis: (R, ph, gh) and (R, pw, gw).
+    iy = torch.arange(max_grid_h, device=rois.device, dtype=features.dtype)
+    ix = torch.arange(max_grid_w, device=rois.device, dtype=features.dtype)
+    bins_y = torch.arange(ph, device=rois.device, dtype=features.dtype)
+    bins_x = torch.arange(pw, device=rois.device, dtype=features.dtype)
+    ys = (y1[:, None, None] + bins_y[None, :, None] * bin_h[:, None, None]
+          + (iy[None, None, :] + 0.5) * (bin_h / grid_h)[:, None, None])
+    xs = (x1[:, None, None] + bins_x[None, :, None] * bin_w[:, None, None]
+          + (ix[None, None, :] + 0.5) * (bin_w / grid_w)[:, None, None])
+    # A sample counts if it lies within [-1, size] and (adaptive grids) exists for this RoI.
+    weight_y = ((ys >= -1.0) & (ys <= height) & (iy < grid_h[:, None, None])).to(features.dtype)
+    weight_x = ((xs >= -1.0) & (xs <= width) & (ix < grid_w[:, None, None])).to(features.dtype)
+    # grid_sample with align_corners=True maps -1 / +1 to the first / last cell center.
+    gy = ys / max(height - 1, 1) * 2 - 1
+    gx = xs / max(width - 1, 1) * 2 - 1
+    count = (grid_h * grid_w)[:, None, None, None]
+
+    batch_index = rois[:, 0].long()
+    points_per_roi = ph * max_grid_h * pw * max_grid_w
+    chunk = max(1, _MAX_ELEMENTS_PER_CHUNK // max(1, points_per_roi * channels))
+    results = []
+    for image in range(features.shape[0]):
+        # A Python loop over images (not boxes): each image's RoIs sample that image's map.
+        idx = torch.nonzero(batch_index == image).squeeze(1)
+        for start in range(0, idx.numel(), chunk):
+            sel = idx[start:start + chunk]
+            r = sel.numel()
+            # (r, ph, gh) x (r, pw, gw) -> grid (1, r * ph * gh, pw * gw, 2)
+            grid = torch.stack(
+                (
+                    gx[sel][:, None, None, :, :].expand(r, ph, max_grid_h, pw, max_grid_w),
+                    gy[sel][:, :, :, None, None].expand(r, ph, max_grid_h, pw, max_grid_w),
+                ),
+                dim=-1,
+            ).reshape(1, r * ph * max_grid_h, pw * max_grid_w, 2)
+            samples = F.grid_sample(
+                features[image:image + 1], grid, mode="bilinear", padding_mode="border", align_corners=True
+            )  # (1, C, r*ph*gh, pw*gw)
+            samples = samples.reshape(channels, r, ph, max_grid_h, pw, max_grid_w)
+            w = weight_y[sel][:, :, :, None, None] * weight_x[sel][:, None, None, :, :]
+            pooled = (samples * w).sum(dim=(3, 5)).permute(1, 0, 2, 3) / count[sel]
+            results.append((sel, pooled))
+    for sel, pooled in results:
+        out = out.index_copy(0, sel, pooled)
+    return out
+
+
+def roi_pool(
+    features: Tensor,
+    rois: Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """Max pooling over quantized bins (Fast R-CNN's RoIPool), torchvision's rounding rules.
+    features (N, C, H, W); rois (R, 5) -> (R, C, ph, pw). Empty bins give 0."""
+    ph, pw = _pair(output_size)
+    num_rois = rois.shape[0]
+    _, channels, height, width = features.shape
+    if num_rois == 0:
+        return features.new_zeros((0, channels, ph, pw))
+    rois = rois.to(features.dtype)
+    start_w = torch.round(rois[:, 1] * spatial_scale).long()
+    start_h = torch.round(rois[:, 2] * spatial_scale).long()
+    end_w = torch.round(rois[:, 3] * spatial_scale).long()
+    end_h = torch.round(rois[:, 4] * spatial_scale).long()
+    roi_w = (end_w - start_w + 1).clamp(min=1).to(features.dtype)
+    roi_h = (end_h - start_h + 1).clamp(min=1).to(features.dtype)
+
+    def bin_edges(start: Tensor, size: Tensor, bins: int, limit: int) -> tuple[Tensor, Tensor]:
+        b = torch.arange(bins, device=rois.device, dtype=features.dtype)
+        bin_size = size[:, None] / bins
+        lo = torch.floor(b[None] * bin_size).long() + start[:, None]
+        hi = torch.ceil((b[None] + 1) * bin_size).long() + start[:, None]
+        return lo.clamp(0, limit), hi.clamp(0, limit)
+
+    hs, he = bin_edges(start_h, roi_h, ph, height)  # (R, ph)
+    ws, we = bin_edges(start_w, roi_w, pw, width)  # (R, pw)
+    kh = max(int((he - hs).max()), 1)
+    kw = max(int((we - ws).max()), 1)
+    rows = hs[:, :, None] + torch.arange(kh, device=rois.device)  # (R, ph, kh)
+    cols = ws[:, :, None] + torch.arange(kw, device=rois.device)  # (R, pw, kw)
+    row_ok = rows < he[:, :, None]
+    col_ok = cols < we[:, :, None]
+    rows = rows.clamp(max=height - 1)
+    cols = cols.clamp(max=width - 1)
+
+    batch_index = rois[:, 0].long()
+    out = features.new_zeros((num_rois, channels, ph, pw))
+    chunk = max(1, _MAX_ELEMENTS_PER_CHUNK // max(1, channels * ph * kh * pw * kw))
+    for start in range(0, num_rois, chunk):
+        s = slice(start, start + chunk)
+        # (r, C, ph, kh, pw, kw) gather of every cell of every bin
+        vals = features[
+            batch_index[s][:, None, None, None, None, None],
+            torch.arange(channels, device=rois.device)[None, :, None, None, None, None],
+            rows[s][:, None, :, :, None, None],
+            cols[s][:, None, None, None, :, :],
+        ]
+        ok = row_ok[s][:, None, :, :, None, None] & col_ok[s][:, None, None, None, :, :]
+        vals = vals.masked_fill(~ok, -math.inf)
+        pooled = vals.amax(dim=(3, 5))
+        out[s] = torch.where(torch.isinf(pooled) & (pooled < 0), torch.zeros_like(pooled), pooled)
+    return out
