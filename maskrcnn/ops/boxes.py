@@ -93,7 +93,8 @@ class BoxCoder:
         ctr_x = reference_boxes[:, 0] + 0.5 * widths
         ctr_y = reference_boxes[:, 1] + 0.5 * heights
 
-        deltas = deltas.reshape(deltas.shape[0], -1, 4)  # (R, 4K) -> (R, K, 4)
+        # (R, 4K) -> (R, K, 4); K spelled out so that R = 0 (no proposals) still reshapes
+        deltas = deltas.reshape(deltas.shape[0], deltas.shape[1] // 4, 4)
         dx = deltas[..., 0] / wx
         dy = deltas[..., 1] / wy
         dw = (deltas[..., 2] / ww).clamp(max=self.clip)

@@ -1,0 +1,415 @@
+"""COCO instance-segmentation dataset.
+
+Reads a COCO JSON (`images`, `annotations`, `categories`) and a folder of images, and yields
+`(image, target)` pairs in the format the model's `forward(images, targets)` takes:
+
+    image:  float32 (3, H, W), RGB in [0, 1]
+    target: boxes    float32 (N, 4)  xyxy, absolute pixels, from the annotations' `bbox`
+            labels   int64   (N,)    contiguous 1..C (0 is background, never used here)
+            masks    uint8   (N, H, W)
+            iscrowd  bool    (N,)    crowd regions: ignored in matching, never positives
+            image_id int             the COCO image id
+            orig_size (H, W)         size before any transform
+
+The JSON is validated when the dataset is built, so a bad annotation is reported before
+training starts rather than hours in. Image files are only opened when a sample is loaded
+(or by `verify_images()`), because opening 100k images up front would take minutes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import ImageOps
+from pycocotools import mask as mask_utils
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .image_io import DataError, open_image, pil_to_tensor
+
+__all__ = ["CocoDataset", "DataError", "read_coco_json", "BOX_TOLERANCE"]
+
+# How far (pixels) a box may stick out of the image before it counts as bad. Annotation tools
+# round vertices to integers and disagree on pixel-centre vs pixel-edge coordinates, which moves
+# a correct box by up to a pixel on each side; anything beyond that is a real error.
+BOX_TOLERANCE = 2.0
+# Bad items listed in one error message; the rest are counted.
+_MAX_LISTED = 10
+
+Transform = Callable[[Tensor, dict[str, Any]], tuple[Tensor, dict[str, Any]]]
+
+
+def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a COCO JSON file; malformed JSON raises `DataError` with the file and position."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path}: malformed JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}"
+        ) from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{path}: cannot read annotation file ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object with 'images' and 'categories', got {type(data).__name__}")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{path}: missing or invalid '{key}' list (is this a COCO instances file?)")
+    # Test-set image-info files have no annotations at all; treat them as unannotated images.
+    if not isinstance(data.get("annotations", []), list):
+        raise DataError(f"{path}: 'annotations' must be a list")
+    return data
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class CocoDataset(Dataset):
+    """COCO instance segmentation as a torch Dataset.
+
+    Args:
+        annotation_file: COCO instances JSON.
+        image_dir: folder that the images' `file_name`s are relative to.
+        transforms: callable `(image, target) -> (image, target)`, e.g. from `.transforms`.
+        skip_bad: drop bad annotations and images (recorded in `skipped`) instead of raising.
+
+    Labels are contiguous 1..C in order of increasing category id; `class_names[label - 1]` is
+    a label's name and `label_to_category_id` maps back for writing COCO results.
+
+    >>> ds = CocoDataset("data/annotations.json", "data/images")   # doctest: +SKIP
+    >>> image, target = ds[0]                                      # doctest: +SKIP
+    >>> image.shape, target["masks"].shape                         # doctest: +SKIP
+    (torch.Size([3, 128, 128]), torch.Size([4, 128, 128]))
+    """
+
+    def __init__(
+        self,
+        annotation_file: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        *,
+        transforms: Transform | None = None,
+        skip_bad: bool = False,
+    ) -> None:
+        self.annotation_file = Path(annotation_file)
+        self.image_dir = Path(image_dir)
+        self.transforms = transforms
+        self.skip_bad = skip_bad
+        # (what, reason) for every annotation or image dropped under skip_bad. In DataLoader
+        # worker processes, load-time skips land in the worker's copy; call `verify_images()`
+        # in the main process to find them all up front.
+        self.skipped: list[tuple[str, str]] = []
+        self._bad_indices: set[int] = set()
+        self._parse(read_coco_json(self.annotation_file))
+
+    # ------------------------------------------------------------------ parsing and validation
+
+    def _fail_or_skip(self, bad: list[tuple[str, str]], kind: str) -> None:
+        if not bad:
+            return
+        if self.skip_bad:
+            self.skipped.extend(bad)
+            return
+        listed = "\n".join(f"  {what}: {why}" for what, why in bad[:_MAX_LISTED])
+        more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+        raise DataError(
+            f"{self.annotation_file}: {len(bad)} bad {kind}{'s' if len(bad) > 1 else ''} "
+            f"(fix them, or pass skip_bad=True / --skip-bad to drop them):\n{listed}{more}"
+        )
+
+    def _parse(self, data: dict[str, Any]) -> None:
+        src = self.annotation_file
+        categories = {}
+        for c in data["categories"]:
+            if not isinstance(c, dict) or not _is_int(c.get("id")):
+                raise DataError(f"{src}: category without an integer 'id': {c!r}")
+            if c["id"] in categories:
+                raise DataError(f"{src}: category id {c['id']} appears twice")
+            categories[c["id"]] = str(c.get("name", c["id"]))
+        if not categories:
+            raise DataError(f"{src}: no categories")
+        # Sorted by id, so the same category set always gives the same labels.
+        self._category_ids = sorted(categories)
+        self._class_names = [categories[i] for i in self._category_ids]
+        self._cat_to_label = {cid: k + 1 for k, cid in enumerate(self._category_ids)}
+
+        images: dict[int, dict[str, Any]] = {}
+        dropped: set[Any] = set()  # ids of bad image entries; their annotations go with them
+        bad_images: list[tuple[str, str]] = []
+        for k, img in enumerate(data["images"]):
+            if not isinstance(img, dict) or not _is_int(img.get("id")):
+                bad_images.append((f"images[{k}]", "no integer 'id'"))
+                continue
+            what = f"image id {img['id']} ({img.get('file_name')!r})"
+            if img["id"] in images:
+                bad_images.append((what, "duplicate image id"))
+                continue
+            if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+                problem = "no 'file_name'"
+            elif not (_is_int(img.get("width")) and _is_int(img.get("height"))):
+                problem = "no integer 'width' and 'height'"
+            elif img["width"] <= 0 or img["height"] <= 0:
+                problem = f"zero-size image {img['width']}x{img['height']}"
+            else:
+                images[img["id"]] = img
+                continue
+            bad_images.append((what, problem))
+            dropped.add(img["id"])
+        self._fail_or_skip(bad_images, "image entry")
+
+        per_image: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
+        bad_anns: list[tuple[str, str]] = []
+        for k, ann in enumerate(data.get("annotations", [])):
+            if not isinstance(ann, dict):
+                bad_anns.append((f"annotations[{k}]", "not a JSON object"))
+                continue
+            img = images.get(ann.get("image_id"))
+            aid = ann.get("id", f"#{k}")
+            if img is None and ann.get("image_id") in dropped:
+                continue
+            if img is None:
+                bad_anns.append((f"annotation id {aid}", f"refers to unknown image id {ann.get('image_id')!r}"))
+                continue
+            record, problem = self._check_annotation(ann, img)
+            if problem is not None:
+                bad_anns.append((f"annotation id {aid} (image id {img['id']}, {img['file_name']!r})", problem))
+            else:
+                per_image[img["id"]].append(record)
+        self._fail_or_skip(bad_anns, "annotation")
+
+        # Sorted by id so the sample order does not depend on how the JSON was written.
+        self._images = [images[i] for i in sorted(images)]
+        self._anns = [per_image[i] for i in sorted(images)]
+        if not self._images:
+            raise DataError(f"{src}: no usable images")
+
+    def _check_annotation(self, ann: dict[str, Any], img: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """Normalize one annotation; return (record, None) or ({}, what is wrong)."""
+        width, height = img["width"], img["height"]
+        cid = ann.get("category_id")
+        if cid not in self._cat_to_label:
+            return {}, f"unknown category id {cid!r} (categories are {self._category_ids[:20]})"
+        iscrowd = bool(ann.get("iscrowd", 0))
+
+        seg = ann.get("segmentation")
+        if isinstance(seg, list) and seg and all(_is_number(v) for v in seg):
+            seg = [seg]  # a single flat polygon; pycocotools wants a list of polygons
+        if seg is None or (isinstance(seg, list) and not seg):
+            if not iscrowd:
+                return {}, "no segmentation"
+            seg = None  # crowd box without a mask: the box itself is the ignore region
+        elif isinstance(seg, list):
+            for j, poly in enumerate(seg):
+                if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                    return {}, f"polygon {j} is not a list of numbers"
+                # pycocotools reads a 4-number list as a box, so 2-point "polygons" must stop here.
+                if len(poly) % 2 or len(poly) < 6:
+                    return {}, f"polygon {j} has {len(poly) / 2:g} points; a polygon needs at least 3 (x, y) pairs"
+        elif isinstance(seg, dict):
+            size, counts = seg.get("size"), seg.get("counts")
+            if not (isinstance(size, list) and len(size) == 2 and list(size) == [height, width]):
+                return {}, f"RLE size {size!r} differs from the image size [{height}, {width}]"
+            if isinstance(counts, list):
+                if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+                    return {}, f"uncompressed RLE counts do not cover the {height}x{width} image"
+            elif not isinstance(counts, str):
+                return {}, "RLE 'counts' must be a list (uncompressed) or a string (compressed)"
+        else:
+            return {}, f"segmentation of unknown type {type(seg).__name__}"
+
+        bbox = ann.get("bbox")
+        if bbox is None and seg is not None:
+            bbox = mask_utils.toBbox(_to_rle(seg, height, width)).tolist()
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            return {}, f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
+        x, y, w, h = bbox
+        if w <= 0 or h <= 0:
+            return {}, f"zero-area box {bbox} (width and height must be > 0)"
+        area = ann.get("area")
+        if area is not None and (not _is_number(area) or area <= 0):
+            return {}, f"zero-area annotation (area={area!r})"
+        tol = BOX_TOLERANCE
+        if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+            return {}, f"box {bbox} lies outside the {width}x{height} image"
+        box = (max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height)))
+        return {
+            "id": ann.get("id"),
+            "box": box,
+            "label": self._cat_to_label[cid],
+            "iscrowd": iscrowd,
+            "segmentation": seg if seg is not None else [[box[0], box[1], box[2], box[1], box[2], box[3], box[0], box[3]]],
+        }, None
+
+    # ------------------------------------------------------------------ metadata
+
+    @property
+    def class_names(self) -> list[str]:
+        """Category names; index 0 is label 1 (background has no entry)."""
+        return list(self._class_names)
+
+    @property
+    def category_ids(self) -> list[int]:
+        """COCO category ids; index 0 is label 1."""
+        return list(self._category_ids)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of object classes C (background not counted)."""
+        return len(self._category_ids)
+
+    @property
+    def category_id_to_label(self) -> dict[int, int]:
+        return dict(self._cat_to_label)
+
+    @property
+    def label_to_category_id(self) -> dict[int, int]:
+        return {label: cid for cid, label in self._cat_to_label.items()}
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [img["id"] for img in self._images]
+
+    def image_info(self, index: int) -> dict[str, Any]:
+        """The JSON `images` entry of sample `index`."""
+        return dict(self._images[index])
+
+    def get_height_and_width(self, index: int) -> tuple[int, int]:
+        """(H, W) from the JSON without opening the file (torchvision's name, for aspect-ratio grouping)."""
+        img = self._images[index]
+        return img["height"], img["width"]
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __repr__(self) -> str:
+        return (
+            f"CocoDataset({str(self.annotation_file)!r}, images={len(self)}, "
+            f"classes={self.num_classes}, skipped={len(self.skipped)})"
+        )
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_pil(self, index: int):
+        info = self._images[index]
+        path = self.image_dir / info["file_name"]
+        try:
+            raw = open_image(path, exif=False)
+        except DataError as e:
+            raise DataError(f"image id {info['id']}: {e}") from None
+        want = (info["width"], info["height"])
+        oriented = ImageOps.exif_transpose(raw)
+        # Annotations usually follow the EXIF-rotated picture (what tools display); if the JSON
+        # size matches only the stored pixels, the annotator worked on those, so keep them.
+        if oriented.size == want:
+            return oriented
+        if raw.size == want:
+            return raw
+        raise DataError(
+            f"{path} (image id {info['id']}): file is {oriented.width}x{oriented.height} (WxH) "
+            f"but {self.annotation_file.name} says {info['width']}x{info['height']}"
+        )
+
+    def _load(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        info, anns = self._images[index], self._anns[index]
+        image = pil_to_tensor(self._load_pil(index))
+        height, width = info["height"], info["width"]
+        if anns:
+            try:
+                rles = [_to_rle(a["segmentation"], height, width) for a in anns]
+                decoded = mask_utils.decode(rles)  # (H, W, N), Fortran order
+            except Exception as e:  # pycocotools raises bare Exceptions on corrupt RLE strings
+                ids = [a["id"] for a in anns]
+                raise DataError(
+                    f"{self.annotation_file}: image id {info['id']} ({info['file_name']!r}): "
+                    f"cannot decode the masks of annotations {ids} ({e})"
+                ) from None
+            # (H, W, N) -> (N, H, W)
+            masks = torch.from_numpy(np.ascontiguousarray(decoded.transpose(2, 0, 1)))
+        else:
+            masks = torch.zeros((0, height, width), dtype=torch.uint8)
+        target = {
+            "boxes": torch.tensor([a["box"] for a in anns], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor([a["label"] for a in anns], dtype=torch.int64),
+            "masks": masks,
+            "iscrowd": torch.tensor([a["iscrowd"] for a in anns], dtype=torch.bool),
+            "image_id": int(info["id"]),
+            "orig_size": (height, width),
+        }
+        return image, target
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        if index < 0:
+            index += len(self)
+        if not self.skip_bad:
+            image, target = self._load(index)
+        else:
+            # Replace a bad sample by the next good one: deterministic, so a resumed run sees
+            # the same data, and the batch keeps its size.
+            for step in range(len(self)):
+                j = (index + step) % len(self)
+                if j in self._bad_indices:
+                    continue
+                try:
+                    image, target = self._load(j)
+                    break
+                except DataError as e:
+                    self._bad_indices.add(j)
+                    info = self._images[j]
+                    self.skipped.append((f"image id {info['id']} ({info['file_name']!r})", str(e)))
+                    warnings.warn(f"skipping bad sample: {e}", stacklevel=2)
+            else:
+                raise DataError(f"{self.annotation_file}: no image in the dataset could be loaded")
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def verify_images(self, *, num_workers: int = 4) -> list[tuple[str, str]]:
+        """Open and decode every image, checking it exists, is readable and has the JSON's size.
+
+        Returns the problems found as (what, reason). Without skip_bad any problem raises one
+        `DataError` listing them; with skip_bad the bad images are removed from the dataset and
+        added to `skipped`. Decoding runs in threads (PIL releases the GIL while decoding).
+        """
+        def check(index: int) -> tuple[str, str] | None:
+            try:
+                self._load_pil(index)
+            except DataError as e:
+                info = self._images[index]
+                return f"image id {info['id']} ({info['file_name']!r})", str(e)
+            return None
+
+        with ThreadPoolExecutor(max(1, num_workers)) as pool:
+            results = list(pool.map(check, range(len(self))))
+        problems = [r for r in results if r is not None]
+        if problems:
+            self._fail_or_skip(problems, "image")
+            keep = [i for i, r in enumerate(results) if r is None]
+            self._images = [self._images[i] for i in keep]
+            self._anns = [self._anns[i] for i in keep]
+            self._bad_indices.clear()
+            if not self._images:
+                raise DataError(f"{self.annotation_file}: no image in the dataset could be loaded")
+        return problems
+
+
+def _to_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
+    """A validated COCO segmentation (polygons, uncompressed or compressed RLE) -> one RLE."""
+    if isinstance(seg, list):  # polygons: rasterize each, then union
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg["counts"], list):  # uncompressed RLE, as COCO stores crowd regions
+        return mask_utils.frPyObjects(seg, height, width)
+    return {"size": seg["size"], "counts": seg["counts"].encode("ascii")}

@@ -1,0 +1,369 @@
+"""Output formats for predictions: COCO results JSON, label-map PNGs and Kaggle RLE CSVs.
+
+Inputs follow the model's result contract for one image (shape shorthand: R detections,
+H x W the original image size):
+    boxes  float (R, 4) xyxy pixels     scores float (R,)     labels int64 (R,), 1..K-1
+    masks  bool (R, H, W), or float probabilities (R, H, W) binarized with `>= mask_threshold`
+Tensors (any device) and numpy arrays are both accepted.
+
+Two run-length encodings appear here and are not interchangeable:
+  - COCO RLE (`mask_to_rle`): pycocotools' compressed string, {"size": [H, W], "counts": str};
+    what COCO results JSON and pycocotools' evaluation read.
+  - Kaggle RLE (`encode_kaggle_rle`): "start length start length ...", 1-based starts over the
+    column-major (top-to-bottom, then left-to-right) pixel order, as in the Data Science Bowl
+    2018 and Airbus Ship Detection competitions.
+
+Every writer goes through `atomic_open` / `atomic_write`: a crash leaves the previous file (or
+none), never a truncated one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .io import atomic_open, atomic_write
+
+__all__ = [
+    "KAGGLE_CSV_HEADER",
+    "decode_kaggle_rle",
+    "encode_kaggle_rle",
+    "label_map",
+    "mask_to_rle",
+    "masks_to_rles",
+    "read_rle_csv",
+    "rle_to_mask",
+    "to_coco_results",
+    "write_coco_json",
+    "write_image",
+    "write_label_map_png",
+    "write_rle_csv",
+]
+
+ArrayLike = Union[Tensor, np.ndarray]
+KAGGLE_CSV_HEADER = ("ImageId", "EncodedPixels")
+
+
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def _binarize(masks: np.ndarray, mask_threshold: float) -> np.ndarray:
+    # `>=` as detectron2's paste does; bool masks pass through untouched
+    return masks if masks.dtype == np.bool_ else masks >= mask_threshold
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO RLE
+
+
+def mask_to_rle(mask: ArrayLike, *, mask_threshold: float = 0.5) -> dict:
+    """bool (H, W) mask -> COCO compressed RLE {"size": [H, W], "counts": str} (JSON-ready)."""
+    m = _binarize(_to_numpy(mask), mask_threshold)
+    if m.ndim != 2:
+        raise ValueError(f"mask_to_rle takes one (H, W) mask, got shape {m.shape}")
+    return masks_to_rles(m[None])[0]
+
+
+def masks_to_rles(masks: ArrayLike, *, mask_threshold: float = 0.5) -> list[dict]:
+    """bool (R, H, W) masks -> R COCO compressed RLEs, encoded in one pycocotools call."""
+    m = _binarize(_to_numpy(masks), mask_threshold)
+    if m.ndim != 3:
+        raise ValueError(f"masks_to_rles takes (R, H, W) masks, got shape {m.shape}")
+    # pycocotools wants (H, W, R) uint8 in Fortran order (it scans columns)
+    rles = mask_util.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8)))
+    return [
+        {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        for rle in rles
+    ]
+
+
+def rle_to_mask(rle: Mapping) -> np.ndarray:
+    """COCO RLE (compressed counts as str or bytes, or uncompressed counts as a list of ints)
+    -> bool (H, W) mask."""
+    height, width = (int(s) for s in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        coded = mask_util.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    else:
+        coded = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_util.decode(coded).astype(bool)
+
+
+def _category_lookup(category_ids: Mapping | Sequence | None):
+    if category_ids is None:
+        return lambda label: label
+    if isinstance(category_ids, Mapping):
+        def lookup(label: int) -> int:
+            if label not in category_ids:
+                raise KeyError(f"label {label} has no entry in category_ids (knows {sorted(category_ids)})")
+            return int(category_ids[label])
+        return lookup
+
+    def lookup_seq(label: int) -> int:
+        if not 0 <= label < len(category_ids):
+            raise KeyError(f"label {label} is outside category_ids (length {len(category_ids)})")
+        return int(category_ids[label])
+    return lookup_seq
+
+
+def to_coco_results(
+    image_id: Any,
+    boxes: ArrayLike,
+    scores: ArrayLike,
+    labels: ArrayLike,
+    masks: ArrayLike | None = None,
+    category_ids: Mapping | Sequence | None = None,
+    *,
+    mask_threshold: float = 0.5,
+) -> list[dict]:
+    """One image's detections -> COCO results entries (the format `COCO.loadRes` reads).
+
+    Each entry: {"image_id", "category_id", "bbox": [x, y, w, h], "score"} plus, when masks
+    are given, "segmentation" (compressed RLE, counts as str) and "area" (mask pixel count).
+    category_ids maps a model label to a COCO category id (a dict, or a sequence indexed by
+    label); None keeps the label. Note: pycocotools' loadRes recomputes "area" from "bbox"
+    whenever a bbox is present, so a mask evaluation that wants mask areas for the
+    small/medium/large split must drop "bbox" first (as detectron2's evaluator does).
+
+        >>> r = to_coco_results(7, torch.tensor([[1., 2., 4., 6.]]), torch.tensor([.9]),
+        ...                     torch.tensor([1]))
+        >>> r[0]["bbox"], r[0]["category_id"]
+        ([1.0, 2.0, 3.0, 4.0], 1)
+    """
+    boxes_np = _to_numpy(boxes).astype(np.float64).reshape(-1, 4)  # float64: x2 - x1 exact in JSON
+    scores_np = _to_numpy(scores).astype(np.float64).reshape(-1)
+    labels_np = _to_numpy(labels).astype(np.int64).reshape(-1)
+    num = boxes_np.shape[0]
+    if not scores_np.shape[0] == labels_np.shape[0] == num:
+        raise ValueError(f"got {num} boxes, {scores_np.shape[0]} scores and {labels_np.shape[0]} labels")
+    rles = areas = None
+    if masks is not None:
+        masks_np = _binarize(_to_numpy(masks), mask_threshold)
+        if masks_np.ndim != 3 or masks_np.shape[0] != num:
+            raise ValueError(f"expected ({num}, H, W) masks, got shape {masks_np.shape}")
+        rles = masks_to_rles(masks_np)
+        areas = masks_np.sum(axis=(1, 2))
+    if isinstance(image_id, (np.generic, Tensor)):
+        image_id = image_id.item()
+    category_of = _category_lookup(category_ids)
+    xywh = np.concatenate([boxes_np[:, :2], boxes_np[:, 2:] - boxes_np[:, :2]], axis=1)
+    results = []
+    for i in range(num):
+        entry = {
+            "image_id": image_id,
+            "category_id": category_of(int(labels_np[i])),
+            "bbox": [float(v) for v in xywh[i]],
+            "score": float(scores_np[i]),
+        }
+        if rles is not None:
+            entry["segmentation"] = rles[i]
+            entry["area"] = int(areas[i])
+        results.append(entry)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Label map
+
+
+def label_map(masks: ArrayLike, scores: ArrayLike, *, mask_threshold: float = 0.5) -> ArrayLike:
+    """Combine (R, H, W) masks into one int32 (H, W) map: 0 = background, i + 1 = detection i.
+
+    Where masks overlap, the pixel goes to the highest-scoring instance covering it; equal
+    scores go to the lower index. Returns a tensor (on the masks' device) for tensor masks, a
+    numpy array for numpy masks.
+    """
+    as_numpy = not isinstance(masks, Tensor)
+    m = torch.as_tensor(masks)
+    if m.dtype != torch.bool:
+        m = m >= mask_threshold
+    s = torch.as_tensor(scores, device=m.device).reshape(-1)
+    if m.ndim != 3 or m.shape[0] != s.shape[0]:
+        raise ValueError(f"expected (R, H, W) masks and (R,) scores, got {tuple(m.shape)} and {tuple(s.shape)}")
+    num, height, width = m.shape
+    if num == 0:
+        out = torch.zeros((height, width), dtype=torch.int32, device=m.device)
+    else:
+        order = torch.sort(s, descending=True, stable=True).indices  # stable: ties keep index order
+        # (R, H, W) bool in rank order, viewed as uint8 (no copy) so max() applies; max over the
+        # rank axis returns the FIRST maximal index, i.e. the best-ranked covering instance.
+        ranked = m[order].view(torch.uint8)
+        covered, first = ranked.max(dim=0)  # (H, W) each
+        out = torch.where(covered.bool(), order[first] + 1, 0).to(torch.int32)
+    return out.cpu().numpy() if as_numpy else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Kaggle RLE
+
+
+def encode_kaggle_rle(mask: ArrayLike, *, mask_threshold: float = 0.5) -> str:
+    """bool (H, W) mask -> "start length ..." with 1-based starts over the column-major
+    (Fortran) pixel order; "" for an empty mask.
+
+        >>> encode_kaggle_rle(np.array([[0, 1], [1, 1]], dtype=bool))
+        '2 3'
+    """
+    m = _binarize(_to_numpy(mask), mask_threshold)
+    if m.ndim != 2:
+        raise ValueError(f"encode_kaggle_rle takes one (H, W) mask, got shape {m.shape}")
+    # pad with a background pixel at both ends so every run has a start and an end edge
+    pixels = np.concatenate([[False], m.ravel(order="F"), [False]])
+    edges = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1  # 1-based: run starts, then ends (exclusive)
+    edges[1::2] -= edges[::2]  # ends -> lengths
+    return " ".join(map(str, edges.tolist()))
+
+
+def decode_kaggle_rle(rle: str | None, shape: tuple[int, int]) -> np.ndarray:
+    """Kaggle RLE string -> bool (H, W) mask; "", None or NaN (an empty CSV cell read by
+    pandas) give an empty mask. Raises ValueError for odd counts, non-integers, runs that
+    start before pixel 1, have a length below 1, or end past pixel H * W."""
+    height, width = (int(s) for s in shape)
+    total = height * width
+    if rle is None or (isinstance(rle, float) and math.isnan(rle)) or not str(rle).strip():
+        return np.zeros((height, width), dtype=bool)
+    try:
+        numbers = np.array(str(rle).split(), dtype=np.int64)
+    except ValueError:
+        raise ValueError(f"malformed RLE {str(rle)[:40]!r}: not all integers") from None
+    if numbers.size % 2:
+        raise ValueError(f"malformed RLE {str(rle)[:40]!r}: odd number of values ({numbers.size})")
+    starts, lengths = numbers[0::2] - 1, numbers[1::2]  # 0-based starts
+    if (starts < 0).any() or (lengths < 1).any():
+        raise ValueError(f"malformed RLE {str(rle)[:40]!r}: starts must be >= 1 and lengths >= 1")
+    ends = starts + lengths
+    if ends.max() > total:
+        raise ValueError(f"RLE run ends at pixel {int(ends.max())}, beyond the {height}x{width} = {total} pixels")
+    # +1 at each run start, -1 one past each end; the running sum is > 0 inside a run (also
+    # when runs overlap or come unsorted)
+    delta = np.bincount(starts, minlength=total + 1) - np.bincount(ends, minlength=total + 1)
+    return (np.cumsum(delta[:total]) > 0).reshape((height, width), order="F")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic, Tensor)) and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if isinstance(value, (np.ndarray, Tensor)):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("ascii")  # RLE counts straight from pycocotools
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_coco_json(path: str | os.PathLike, results: Iterable[dict]) -> Path:
+    """Write COCO results (a list of dicts, e.g. from `to_coco_results`) as compact JSON."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(list(results), f, default=_json_default, separators=(",", ":"))
+    return Path(path)
+
+
+def write_label_map_png(path: str | os.PathLike, label_map: ArrayLike) -> Path:
+    """Write an (H, W) integer label map as a grayscale PNG: 8-bit when every value is <= 255,
+    16-bit otherwise (values above 65535 are refused). Read it back with
+    `np.asarray(Image.open(path))`."""
+    lm = _to_numpy(label_map)
+    if lm.ndim != 2 or not np.issubdtype(lm.dtype, np.integer):
+        raise ValueError(f"label map must be an integer (H, W) array, got {lm.dtype} {lm.shape}")
+    top = int(lm.max()) if lm.size else 0
+    if lm.size and int(lm.min()) < 0 or top > 65535:
+        raise ValueError(f"label map values must lie in 0..65535, found {int(lm.min())}..{top}")
+    image = Image.fromarray(lm.astype(np.uint8 if top <= 255 else np.uint16))  # mode L or I;16
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def write_image(path: str | os.PathLike, image: Image.Image, **save_kwargs: Any) -> Path:
+    """Save a PIL image (e.g. an overlay from `draw_instances`) atomically; the format comes
+    from the file extension."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:  # refuse before creating anything
+        raise ValueError(f"{path}: unknown image extension {path.suffix!r}")
+    return atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **save_kwargs))
+
+
+def _encodings(masks: ArrayLike | None) -> list[str]:
+    if masks is None:
+        return [""]
+    m = _binarize(_to_numpy(masks), 0.5)
+    if m.ndim == 2:
+        return [encode_kaggle_rle(m)]
+    if m.ndim != 3:
+        raise ValueError(f"expected an (H, W) mask or (R, H, W) masks, got shape {m.shape}")
+    encoded = [encode_kaggle_rle(one) for one in m if one.any()]
+    return encoded or [""]
+
+
+def write_rle_csv(path: str | os.PathLike, rows: Iterable[tuple[Any, ArrayLike | None]]) -> int:
+    """Write a Kaggle-style submission CSV: header "ImageId,EncodedPixels", one row per instance.
+
+    rows yields (image_id, masks) where masks is
+      - bool (H, W): one row, written as given ("" if the mask is empty);
+      - bool (R, H, W): one row per non-empty mask, or a single row with empty EncodedPixels
+        when none is left (Kaggle's "no object in this image");
+      - None: a single empty row.
+    Float masks are binarized at 0.5. Rows stream to the file, so a generator over a whole
+    data set works. Returns the number of data rows written.
+    """
+    count = 0
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(KAGGLE_CSV_HEADER)
+        for image_id, masks in rows:
+            for encoded in _encodings(masks):
+                writer.writerow([image_id, encoded])
+                count += 1
+    return count
+
+
+def read_rle_csv(
+    path: str | os.PathLike, shapes: tuple[int, int] | Mapping[str, tuple[int, int]]
+) -> dict[str, np.ndarray]:
+    """Read a Kaggle RLE CSV back: {image_id (str): bool (R, H, W) masks}, in file order.
+
+    shapes: one (H, W) for every image, or a mapping image_id -> (H, W). An image whose only
+    row has empty EncodedPixels maps to a (0, H, W) array. Errors name the file and line.
+    """
+    per_image: dict[str, list[np.ndarray]] = {}
+    # utf-8-sig: CSVs saved by spreadsheet programs start with a byte-order mark
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header[:2]) != KAGGLE_CSV_HEADER:
+            raise ValueError(f"{path}: expected the header 'ImageId,EncodedPixels', got {header!r}")
+        for row in reader:
+            if not row:
+                continue
+            where = f"{path}, line {reader.line_num}"
+            image_id, encoded = row[0], (row[1] if len(row) > 1 else "")
+            if isinstance(shapes, Mapping):
+                if image_id not in shapes:
+                    raise ValueError(f"{where}: no shape given for image {image_id!r}")
+                shape = shapes[image_id]
+            else:
+                shape = shapes
+            masks = per_image.setdefault(image_id, [])
+            try:
+                if encoded.strip():
+                    masks.append(decode_kaggle_rle(encoded, shape))
+            except ValueError as e:
+                raise ValueError(f"{where}, image {image_id!r}: {e}") from None
+    result = {}
+    for image_id, masks in per_image.items():
+        shape = shapes[image_id] if isinstance(shapes, Mapping) else shapes
+        result[image_id] = np.stack(masks) if masks else np.zeros((0, *shape), dtype=bool)
+    return result

@@ -1,0 +1,55 @@
+"""Anchor boxes: one set of cell anchors per FPN level, repeated over the level's grid.
+
+Anchors are ordered (y, x, anchor) per level, matching the head's (A, H, W) outputs after the
+permute in `rpn.flatten_head_outputs`. Cell anchors are rounded to integers (torchvision).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def cell_anchors(size: float, aspect_ratios: tuple[float, ...], round_anchors: bool = True) -> Tensor:
+    """(A, 4) anchors centered at 0 with area size^2 and h/w = ratio."""
+    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
+    h_ratios = torch.sqrt(ratios)
+    w_ratios = 1 / h_ratios
+    ws = w_ratios * size
+    hs = h_ratios * size
+    anchors = torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+    return anchors.round() if round_anchors else anchors
+
+
+class AnchorGenerator(nn.Module):
+    """forward(padded batch size (H, W), feature sizes [(Hl, Wl)]) -> list of (Hl*Wl*A, 4) per level.
+
+    The grid step of a level is H // Hl (and W // Wl), as in torchvision. It equals the level's
+    stride except on P6 when H / 32 is odd (e.g. 800 // 13 = 61): published weights were trained
+    with that step, so it is kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        sizes: tuple[float, ...] = (32, 64, 128, 256, 512),
+        aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+        round_anchors: bool = True,
+    ):
+        super().__init__()
+        self.sizes = tuple(sizes)
+        self.aspect_ratios = tuple(aspect_ratios)
+        self.num_anchors_per_location = len(self.aspect_ratios)
+        for i, size in enumerate(self.sizes):
+            self.register_buffer(f"cell_{i}", cell_anchors(size, self.aspect_ratios, round_anchors), persistent=False)
+
+    def forward(self, image_size: tuple[int, int], feature_sizes: list[tuple[int, int]]) -> list[Tensor]:
+        anchors = []
+        for i, (h, w) in enumerate(feature_sizes):
+            cell = getattr(self, f"cell_{i}")
+            shifts_x = torch.arange(w, device=cell.device, dtype=torch.int32) * (image_size[1] // w)
+            shifts_y = torch.arange(h, device=cell.device, dtype=torch.int32) * (image_size[0] // h)
+            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=-1).reshape(-1, 1, 4)
+            # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4)
+            anchors.append((shifts + cell.view(1, -1, 4)).reshape(-1, 4))
+        return anchors

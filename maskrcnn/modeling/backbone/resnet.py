@@ -1,0 +1,123 @@
+"""ResNet body (He et al. 2016), torchvision's "v1.5" layout: the stride of a downsampling
+bottleneck sits in its 3x3 convolution. Module names follow torchvision's ResNet, so ImageNet and
+COCO checkpoints load by name.
+
+forward(x (N, 3, H, W)) -> {"c2": (N, C2, H/4, W/4), ..., "c5": (N, C5, H/32, W/32)}
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..layers import NormFactory, frozen_bn
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, stride: int, norm: NormFactory):
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride, 1, bias=False)
+        self.bn1 = norm(width)
+        self.conv2 = nn.Conv2d(width, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = norm(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(in_channels, out_channels, stride, norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int, norm: NormFactory):
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = norm(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = norm(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = norm(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(in_channels, out_channels, stride, norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: int, norm: NormFactory) -> nn.Module | None:
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), norm(out_channels))
+
+
+RESNET_SPECS: dict[int, tuple[type[nn.Module], list[int]]] = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
+}
+
+
+class ResNet(nn.Module):
+    """ResNet stages c2..c5. `base_width` 64 is the standard model; smaller widths give the narrow
+    variants used for CPU training and tests. `frozen_blocks` counts frozen blocks among
+    (stem, c2, c3, c4, c5) from the input side: 2 (the detection default) freezes the stem and
+    c2, 0 trains everything, 5 freezes the whole body."""
+
+    def __init__(
+        self,
+        *,
+        depth: int = 50,
+        base_width: int = 64,
+        norm: NormFactory = frozen_bn(),
+        frozen_blocks: int = 2,
+    ):
+        super().__init__()
+        if depth not in RESNET_SPECS:
+            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
+        block, layers = RESNET_SPECS[depth]
+        self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
+        self.bn1 = norm(base_width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        in_channels = base_width
+        self.out_channels: list[int] = []
+        for i, num_blocks in enumerate(layers):
+            width = base_width * 2**i
+            stride = 1 if i == 0 else 2
+            blocks = []
+            for b in range(num_blocks):
+                blocks.append(block(in_channels, width, stride if b == 0 else 1, norm))
+                in_channels = width * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            self.out_channels.append(in_channels)
+        self.strides = [4, 8, 16, 32]
+        self.freeze(frozen_blocks)
+
+    def freeze(self, frozen_blocks: int) -> None:
+        if not 0 <= frozen_blocks <= 5:
+            raise ValueError(f"frozen_blocks must be in 0..5, got {frozen_blocks}")
+        stages = [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
+        for stage in stages[:frozen_blocks]:
+            for module in stage:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return {"c2": c2, "c3": c3, "c4": c4, "c5": c5}

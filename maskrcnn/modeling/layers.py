@@ -1,0 +1,73 @@
+"""Small building blocks shared by the backbone and the heads."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+NormFactory = Callable[[int], nn.Module]
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine parameters (buffers, not parameters).
+
+    Detection batches are too small for batch statistics, so the ImageNet ones are frozen.
+    y = (x - running_mean) / sqrt(running_var + eps) * weight + bias. torchvision's published
+    v1 COCO weights expect eps=0.0; Detectron2's expect 1e-5.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # BatchNorm2d checkpoints carry a step counter that frozen statistics do not need.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def frozen_bn(eps: float = 1e-5) -> NormFactory:
+    return lambda channels: FrozenBatchNorm2d(channels, eps=eps)
+
+
+def batch_norm(eps: float = 1e-5) -> NormFactory:
+    return lambda channels: nn.BatchNorm2d(channels, eps=eps)
+
+
+class ConvNormAct(nn.Module):
+    """conv -> optional norm -> optional ReLU. The conv has a bias only when there is no norm."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        norm: NormFactory | None = None,
+        activation: bool = True,
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                              padding=kernel_size // 2, bias=norm is None)
+        self.norm = norm(out_channels) if norm is not None else None
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return torch.relu(x) if self.activation else x

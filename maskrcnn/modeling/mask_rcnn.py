@@ -1,0 +1,144 @@
+"""Mask R-CNN (He et al. 2017): backbone + FPN -> RPN -> RoI heads (box and mask branches).
+
+    model = MaskRCNN(transform=..., backbone=..., rpn=..., roi_heads=...)
+    out = model(images)                  # eval: out.detections, one Detections per image
+    out = model(images, targets)         # out.losses: the five torchvision loss terms
+    out = model(images, targets, detections=True)   # both, e.g. for a validation pass
+
+images: list of (3, Hi, Wi) float tensors in [0, 1], RGB, any sizes.
+targets: one dict per image: "boxes" float (G, 4) xyxy pixels, "labels" int64 (G,) in 1..K-1,
+"masks" uint8/bool (G, Hi, Wi), optionally "iscrowd" (G,) (crowd regions are ignored).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import paste_masks
+from ..structures import Detections, MaskRCNNOutput
+from .backbone.fpn import ResNetFPN
+from .roi_heads.roi_heads import RoIHeads
+from .rpn import RPN
+from .transform import ImageTransform, scale_boxes
+
+# Ground-truth boxes may stick out of the image by this much (pixels) from rounding in tools.
+_BOX_TOLERANCE = 1.0
+
+
+class MaskRCNN(nn.Module):
+    def __init__(
+        self,
+        *,
+        transform: ImageTransform,
+        backbone: ResNetFPN,
+        rpn: RPN,
+        roi_heads: RoIHeads,
+        num_classes: int,
+        class_names: list[str] | None = None,
+    ):
+        super().__init__()
+        self.transform = transform
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.num_classes = num_classes  # including background
+        self.class_names = class_names
+
+    def forward(
+        self,
+        images: list[Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+        *,
+        detections: bool | None = None,
+        paste_masks: bool = True,
+        score_thresh: float | None = None,
+    ) -> MaskRCNNOutput:
+        """`detections` defaults to "not training". `paste_masks=False` leaves masks as 28x28
+        probabilities in `Detections.masks`. `score_thresh` overrides the box score threshold
+        for this call (a higher one also means fewer masks to compute)."""
+        images = check_images(images)
+        if targets is not None:
+            check_targets(images, targets, self.num_classes)
+        want_detections = (not self.training) if detections is None else detections
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+
+        image_list, resized_targets = self.transform(images, targets)
+        features = self.backbone(image_list.tensor)
+        proposals, rpn_losses = self.rpn(image_list, features, resized_targets)
+        roi_features = features[: len(self.roi_heads.box_pooler.strides)]
+        results, roi_losses = self.roi_heads(
+            roi_features, proposals, image_list.image_sizes, resized_targets, want_detections, score_thresh
+        )
+        output = MaskRCNNOutput(losses={**rpn_losses, **roi_losses})
+        if results is not None:
+            output.detections = [
+                self.to_original_size(r, resized, original, paste_masks)
+                for r, resized, original in zip(results, image_list.image_sizes, original_sizes)
+            ]
+        return output
+
+    @staticmethod
+    def to_original_size(result, resized: tuple[int, int], original: tuple[int, int], paste: bool) -> Detections:
+        boxes, scores, labels, masks = result
+        boxes = scale_boxes(boxes, resized, original)
+        if masks is not None and paste:
+            masks = paste_masks(masks, boxes, original)
+        return Detections(boxes=boxes, scores=scores, labels=labels, masks=masks)
+
+
+def check_images(images: list[Tensor]) -> list[Tensor]:
+    """Clear errors for the usual mistakes, before they surface deep inside a conv."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images must be a list of (3, H, W) tensors, got one tensor of shape {tuple(images.shape)}")
+        images = list(images)
+    if len(images) == 0:
+        raise ValueError("images is empty: pass a list of (3, H, W) float tensors")
+    for i, image in enumerate(images):
+        if not isinstance(image, Tensor):
+            raise TypeError(f"image {i} is a {type(image).__name__}, expected a torch.Tensor (3, H, W)")
+        if image.dim() != 3:
+            raise ValueError(f"image {i} has shape {tuple(image.shape)}: expected 3 dimensions (3, H, W)")
+        if image.shape[0] != 3:
+            raise ValueError(f"image {i} has {image.shape[0]} channels (shape {tuple(image.shape)}): expected 3 (RGB, channels first)")
+        if not image.is_floating_point():
+            raise TypeError(f"image {i} has dtype {image.dtype}: expected a float tensor with values in [0, 1] (divide uint8 by 255)")
+        if image.shape[1] == 0 or image.shape[2] == 0:
+            raise ValueError(f"image {i} is empty: shape {tuple(image.shape)}")
+    return list(images)
+
+
+def check_targets(images: list[Tensor], targets: list[dict[str, Tensor]], num_classes: int) -> None:
+    if len(targets) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(targets)} targets")
+    for i, (image, target) in enumerate(zip(images, targets)):
+        for key in ("boxes", "labels", "masks"):
+            if key not in target:
+                raise ValueError(f"target {i} has no '{key}' (keys: {sorted(target)})")
+        boxes, labels, masks = target["boxes"], target["labels"], target["masks"]
+        h, w = image.shape[-2:]
+        if boxes.dim() != 2 or boxes.shape[-1] != 4 or not boxes.is_floating_point():
+            raise ValueError(f"target {i}: boxes must be a float (G, 4) tensor, got {boxes.dtype} {tuple(boxes.shape)}")
+        g = boxes.shape[0]
+        if labels.shape != (g,) or labels.is_floating_point():
+            raise ValueError(f"target {i}: labels must be an int64 ({g},) tensor, got {labels.dtype} {tuple(labels.shape)}")
+        if masks.shape != (g, h, w):
+            raise ValueError(f"target {i}: masks must be ({g}, {h}, {w}) to match the boxes and the image, got {tuple(masks.shape)}")
+        if g == 0:
+            continue
+        if not torch.isfinite(boxes).all():
+            raise ValueError(f"target {i}: boxes contain NaN or infinity")
+        bad = torch.nonzero((labels < 1) | (labels >= num_classes)).flatten()
+        if bad.numel():
+            j = int(bad[0])
+            raise ValueError(f"target {i}, instance {j}: label {int(labels[j])} is out of range 1..{num_classes - 1} (0 is background)")
+        bad = torch.nonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).flatten()
+        if bad.numel():
+            j = int(bad[0])
+            raise ValueError(f"target {i}, instance {j}: box {boxes[j].tolist()} has zero or negative width or height")
+        t = _BOX_TOLERANCE
+        outside = (boxes[:, 0] < -t) | (boxes[:, 1] < -t) | (boxes[:, 2] > w + t) | (boxes[:, 3] > h + t)
+        bad = torch.nonzero(outside).flatten()
+        if bad.numel():
+            j = int(bad[0])
+            raise ValueError(f"target {i}, instance {j}: box {boxes[j].tolist()} lies outside the {w}x{h} image")

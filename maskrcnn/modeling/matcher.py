@@ -1,0 +1,80 @@
+"""Matching predictions to ground truth, and sampling balanced training examples.
+
+Shared by the RPN (anchors) and the RoI heads (proposals).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..ops import box_ioa, box_iou
+
+BELOW_LOW_THRESHOLD = -1  # background
+BETWEEN_THRESHOLDS = -2  # ignored in the loss
+
+
+class Matcher:
+    """Assigns each prediction the ground truth it overlaps most.
+
+    match(iou (G, P)) -> int64 (P,): the matched gt index, or BELOW_LOW_THRESHOLD when the best
+    IoU < low, or BETWEEN_THRESHOLDS when low <= IoU < high. With `allow_low_quality_matches`,
+    the predictions that are some gt's best match (ties included) keep that match even below
+    `high` (Faster R-CNN: every gt gets at least one anchor).
+    """
+
+    def __init__(self, high: float, low: float, allow_low_quality_matches: bool = False):
+        if low > high:
+            raise ValueError(f"low threshold {low} must not exceed high threshold {high}")
+        self.high = high
+        self.low = low
+        self.allow_low_quality_matches = allow_low_quality_matches
+
+    def __call__(self, iou: Tensor) -> Tensor:
+        matched_vals, matches = iou.max(dim=0)
+        all_matches = matches.clone()
+        matches[matched_vals < self.low] = BELOW_LOW_THRESHOLD
+        matches[(matched_vals >= self.low) & (matched_vals < self.high)] = BETWEEN_THRESHOLDS
+        if self.allow_low_quality_matches:
+            best_per_gt = iou.max(dim=1).values
+            # (G, P) positions where a prediction ties the gt's best IoU
+            is_best = (iou == best_per_gt[:, None]).any(dim=0)
+            matches = torch.where(is_best, all_matches, matches)
+        return matches
+
+
+def match_to_gt(
+    matcher: Matcher,
+    gt_boxes: Tensor,
+    crowd_boxes: Tensor,
+    boxes: Tensor,
+    crowd_ioa_thresh: float = 0.7,
+) -> Tensor:
+    """Match (P, 4) boxes to (G, 4) gt boxes; predictions mostly inside a crowd region are ignored.
+
+    Returns int64 (P,) as `Matcher`. With no gt, every prediction is background.
+    """
+    if gt_boxes.shape[0] == 0:
+        matches = torch.full((boxes.shape[0],), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=boxes.device)
+    else:
+        matches = matcher(box_iou(gt_boxes, boxes))
+    if crowd_boxes.shape[0] > 0:
+        # A crowd box covers many unlabelled instances: a prediction inside it is neither a
+        # positive nor a reliable negative, so it is left out of the loss.
+        in_crowd = box_ioa(boxes, crowd_boxes).max(dim=1).values >= crowd_ioa_thresh
+        matches = torch.where(in_crowd & (matches < 0), torch.full_like(matches, BETWEEN_THRESHOLDS), matches)
+    return matches
+
+
+def sample_balanced(labels: Tensor, batch_size: int, positive_fraction: float) -> tuple[Tensor, Tensor]:
+    """Random subset of positives (label >= 1) and negatives (label == 0), ignoring -1.
+
+    At most `positive_fraction * batch_size` positives; negatives fill the rest.
+    Returns (positive indices, negative indices), int64.
+    """
+    positive = torch.nonzero(labels >= 1).squeeze(1)
+    negative = torch.nonzero(labels == 0).squeeze(1)
+    num_pos = min(positive.numel(), int(batch_size * positive_fraction))
+    num_neg = min(negative.numel(), batch_size - num_pos)
+    perm_pos = torch.randperm(positive.numel(), device=positive.device)[:num_pos]
+    perm_neg = torch.randperm(negative.numel(), device=negative.device)[:num_neg]
+    return positive[perm_pos], negative[perm_neg]

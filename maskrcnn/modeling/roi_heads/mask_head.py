@@ -1,0 +1,75 @@
+"""Mask branch: a small FCN on 14x14 RoI features predicting one 28x28 mask per class.
+
+Shape shorthand: R RoIs, C channels, K classes including background, M = 28.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...ops import mask_targets
+from ..layers import ConvNormAct, NormFactory
+
+
+class MaskHead(nn.Module):
+    """4 x (3x3 conv, ReLU) -> 2x2 stride-2 transposed conv, ReLU -> 1x1 conv to K logits.
+
+    forward((R, C, 14, 14)) -> (R, K, 28, 28) logits.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        conv_dims: tuple[int, ...] = (256, 256, 256, 256),
+        norm: NormFactory | None = None,
+    ):
+        super().__init__()
+        convs = []
+        for dim in conv_dims:
+            convs.append(ConvNormAct(in_channels, dim, 3, norm=norm))
+            in_channels = dim
+        self.convs = nn.Sequential(*convs)
+        self.deconv = nn.ConvTranspose2d(in_channels, in_channels, 2, stride=2)
+        self.predictor = nn.Conv2d(in_channels, num_classes, 1)
+        for layer in self.modules():
+            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.convs(x)
+        x = torch.relu(self.deconv(x))
+        return self.predictor(x)
+
+
+def select_class(mask_logits: Tensor, labels: Tensor) -> Tensor:
+    """(R, K, M, M) logits, (R,) labels -> (R, M, M) logits of each RoI's class."""
+    return mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
+
+
+def mask_loss(
+    mask_logits: Tensor,
+    labels: Tensor,
+    proposals: list[Tensor],
+    gt_masks: list[Tensor],
+    matched_idxs: list[Tensor],
+) -> Tensor:
+    """Per-pixel binary cross-entropy on the gt class's channel only (no competition between
+    classes), over positive RoIs. Targets are each RoI's gt mask cropped and resized to M x M.
+
+    mask_logits (R, K, M, M) for the positive RoIs of all images, labels (R,),
+    proposals / gt_masks (Gi, H, W) / matched_idxs: per image.
+    """
+    size = mask_logits.shape[-1]
+    targets = [
+        mask_targets(masks, boxes, idx, size)
+        for masks, boxes, idx in zip(gt_masks, proposals, matched_idxs)
+        if boxes.shape[0] > 0
+    ]
+    if mask_logits.shape[0] == 0:
+        return mask_logits.sum() * 0
+    return F.binary_cross_entropy_with_logits(select_class(mask_logits, labels), torch.cat(targets))

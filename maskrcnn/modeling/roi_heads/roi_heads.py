@@ -1,0 +1,156 @@
+"""Second stage: sample RoIs from the proposals, run the box and mask branches, compute their
+losses (training targets given) and/or turn their outputs into detections.
+
+Shape shorthand: N images, Ri proposals of image i, K classes including background, M = 28.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ...ops import BoxCoder, MultiScaleRoIAlign
+from ..matcher import BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD, Matcher, match_to_gt, sample_balanced
+from .box_head import BoxHead, BoxPredictor, box_losses, postprocess_boxes
+from .mask_head import MaskHead, mask_loss, select_class
+
+
+class RoIHeads(nn.Module):
+    """forward(features P2..P5, proposals N x (Ri, 4), image_sizes, targets, want_detections)
+        -> (detections, losses)
+
+    detections (when wanted): per image (boxes (D, 4), scores (D,), labels (D,), mask
+    probabilities (D, M, M) or None), in resized-image coordinates.
+    """
+
+    def __init__(
+        self,
+        *,
+        box_pooler: MultiScaleRoIAlign,
+        box_head: BoxHead,
+        box_predictor: BoxPredictor,
+        mask_pooler: MultiScaleRoIAlign | None = None,
+        mask_head: MaskHead | None = None,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ):
+        super().__init__()
+        self.box_pooler = box_pooler
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.mask_pooler = mask_pooler
+        self.mask_head = mask_head
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.box_coder = BoxCoder(bbox_reg_weights)
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask_head is not None
+
+    def forward(
+        self,
+        features: list[Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+        want_detections: bool = True,
+        score_thresh: float | None = None,
+    ):
+        losses: dict[str, Tensor] = {}
+        if targets is not None:
+            losses = self.losses(features, proposals, targets)
+        detections = None
+        if want_detections:
+            detections = self.detect(features, proposals, image_sizes, score_thresh)
+        return detections, losses
+
+    def detect(
+        self,
+        features: list[Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        score_thresh: float | None = None,
+    ) -> list[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+        """Inference path. `score_thresh` overrides the configured one for this call; raising it
+        means the mask branch runs on fewer boxes."""
+        box_features = self.box_head(self.box_pooler(features, proposals))
+        class_logits, deltas = self.box_predictor(box_features)
+        results = postprocess_boxes(
+            class_logits, deltas, proposals, image_sizes, self.box_coder,
+            self.score_thresh if score_thresh is None else score_thresh,
+            self.nms_thresh, self.detections_per_img,
+        )
+        if not self.has_mask:
+            return [(b, s, l, None) for b, s, l in results]
+        boxes = [r[0] for r in results]
+        labels = torch.cat([r[2] for r in results])
+        mask_probs = self.mask_logits(features, boxes, labels).sigmoid()
+        counts = [b.shape[0] for b in boxes]
+        return [(b, s, l, m) for (b, s, l), m in zip(results, mask_probs.split(counts))]
+
+    def mask_logits(self, features: list[Tensor], boxes: list[Tensor], labels: Tensor) -> Tensor:
+        """(sum Di, M, M) mask logits of each box's own class."""
+        return select_class(self.mask_head(self.mask_pooler(features, boxes)), labels)
+
+    def sample_proposals(
+        self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """Match proposals (plus the gt boxes) to gt, then sample a 1:3 positive:negative batch.
+
+        Returns per image: sampled proposals, labels (0 = background), matched gt index (into
+        the image's non-crowd gt), and regression targets (R, 4)."""
+        out_props, out_labels, out_idx, out_targets = [], [], [], []
+        for props, target in zip(proposals, targets):
+            crowd = target.get("iscrowd", torch.zeros_like(target["labels"])).bool()
+            gt_boxes, gt_labels = target["boxes"][~crowd], target["labels"][~crowd]
+            # Adding the gt boxes guarantees positives early in training, when proposals are poor.
+            props = torch.cat([props, gt_boxes.to(props.dtype)])
+            matches = match_to_gt(self.matcher, gt_boxes, target["boxes"][crowd], props)
+            matched = matches.clamp(min=0)
+            labels = gt_labels[matched] if gt_boxes.shape[0] else torch.zeros_like(matches)
+            labels = torch.where(matches == BELOW_LOW_THRESHOLD, torch.zeros_like(labels), labels)
+            labels = torch.where(matches == BETWEEN_THRESHOLDS, torch.full_like(labels, -1), labels)
+            pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
+            keep = torch.cat([pos, neg])
+            props, labels, matched = props[keep], labels[keep], matched[keep]
+            matched_boxes = gt_boxes[matched] if gt_boxes.shape[0] else torch.zeros_like(props)
+            reg = torch.zeros_like(props)
+            npos = pos.numel()
+            reg[:npos] = self.box_coder.encode(matched_boxes[:npos], props[:npos])
+            out_props.append(props)
+            out_labels.append(labels)
+            out_idx.append(matched)
+            out_targets.append(reg)
+        return out_props, out_labels, out_idx, out_targets
+
+    def losses(
+        self, features: list[Tensor], proposals: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        proposals = [p.detach() for p in proposals]
+        props, labels, matched_idxs, reg_targets = self.sample_proposals(proposals, targets)
+        box_features = self.box_head(self.box_pooler(features, props))
+        class_logits, deltas = self.box_predictor(box_features)
+        losses = box_losses(class_logits, deltas, torch.cat(labels), torch.cat(reg_targets))
+        if self.has_mask:
+            # The mask branch trains on positive RoIs only, against the matched gt mask.
+            positive = [torch.nonzero(l > 0).squeeze(1) for l in labels]
+            pos_props = [p[i] for p, i in zip(props, positive)]
+            pos_labels = torch.cat([l[i] for l, i in zip(labels, positive)])
+            pos_matched = [m[i] for m, i in zip(matched_idxs, positive)]
+            gt_masks = []
+            for target in targets:
+                crowd = target.get("iscrowd", torch.zeros_like(target["labels"])).bool()
+                gt_masks.append(target["masks"][~crowd])
+            mask_logits = self.mask_head(self.mask_pooler(features, pos_props))
+            losses["loss_mask"] = mask_loss(mask_logits, pos_labels, pos_props, gt_masks, pos_matched)
+        return losses
