@@ -11,7 +11,8 @@ Conventions (both supported):
     aligned=True (Detectron2 "ROIAlignV2"): 0.5 is subtracted after scaling, so a box is measured
         between pixel centers; no minimum size.
 sampling_ratio > 0 takes that many samples per bin side; 0 (or negative) takes
-ceil(roi_size / output_size) samples, per RoI.
+ceil(roi_size / output_size) samples, per RoI, and a RoI for which that is <= 0 (an empty or
+inverted box with aligned=True) pools to 0.
 """
 from __future__ import annotations
 
@@ -61,27 +62,31 @@ def roi_align(
         grid_h = torch.full_like(roi_h, sampling_ratio)
         grid_w = torch.full_like(roi_w, sampling_ratio)
     else:
-        grid_h = torch.ceil(roi_h / ph).clamp(min=1)
-        grid_w = torch.ceil(roi_w / pw).clamp(min=1)
-    max_grid_h = int(grid_h.max()) if sampling_ratio <= 0 else sampling_ratio
-    max_grid_w = int(grid_w.max()) if sampling_ratio <= 0 else sampling_ratio
+        # Not clamped: an empty or inverted box (possible with aligned=True) gets an empty grid
+        # and pools to 0, as in torchvision's kernels.
+        grid_h = torch.ceil(roi_h / ph)
+        grid_w = torch.ceil(roi_w / pw)
+    max_grid_h = max(int(grid_h.max()), 1) if sampling_ratio <= 0 else sampling_ratio
+    max_grid_w = max(int(grid_w.max()), 1) if sampling_ratio <= 0 else sampling_ratio
 
     # Sample coordinates along each axis: (R, ph, gh) and (R, pw, gw).
     iy = torch.arange(max_grid_h, device=rois.device, dtype=features.dtype)
     ix = torch.arange(max_grid_w, device=rois.device, dtype=features.dtype)
     bins_y = torch.arange(ph, device=rois.device, dtype=features.dtype)
     bins_x = torch.arange(pw, device=rois.device, dtype=features.dtype)
+    # (an empty grid's spacing is irrelevant, its samples are masked out below; keep it finite)
     ys = (y1[:, None, None] + bins_y[None, :, None] * bin_h[:, None, None]
-          + (iy[None, None, :] + 0.5) * (bin_h / grid_h)[:, None, None])
+          + (iy[None, None, :] + 0.5) * (bin_h / grid_h.clamp(min=1))[:, None, None])
     xs = (x1[:, None, None] + bins_x[None, :, None] * bin_w[:, None, None]
-          + (ix[None, None, :] + 0.5) * (bin_w / grid_w)[:, None, None])
+          + (ix[None, None, :] + 0.5) * (bin_w / grid_w.clamp(min=1))[:, None, None])
     # A sample counts if it lies within [-1, size] and (adaptive grids) exists for this RoI.
     weight_y = ((ys >= -1.0) & (ys <= height) & (iy < grid_h[:, None, None])).to(features.dtype)
     weight_x = ((xs >= -1.0) & (xs <= width) & (ix < grid_w[:, None, None])).to(features.dtype)
     # grid_sample with align_corners=True maps -1 / +1 to the first / last cell center.
     gy = ys / max(height - 1, 1) * 2 - 1
     gx = xs / max(width - 1, 1) * 2 - 1
-    count = (grid_h * grid_w)[:, None, None, None]
+    # samples per bin; an empty grid divides by 1 (its sum is 0)
+    count = (grid_h.clamp(min=0) * grid_w.clamp(min=0)).clamp(min=1)[:, None, None, None]
 
     batch_index = rois[:, 0].long()
     points_per_roi = ph * max_grid_h * pw * max_grid_w

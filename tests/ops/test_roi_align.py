@@ -84,6 +84,7 @@ def ref_roi_pool(features, rois, output_size, spatial_scale):
     _, channels, height, width = features.shape
 
     def c_round(v):  # C's round(): half away from zero
+        v = float(v)
         return int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
 
     out = np.zeros((rois.shape[0], channels, ph_n, pw_n), dtype=np.float64)
