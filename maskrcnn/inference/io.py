@@ -201,17 +201,22 @@ def _from_numpy(array: np.ndarray, max_pixels: int | None, name: str) -> Tensor:
             f"got shape {tuple(array.shape)}"
         )
     _check_size(array.shape[1], array.shape[0], max_pixels, name)
-    if array.dtype == np.uint16:
+    if not array.dtype.isnative:  # big-endian data (e.g. from a FITS or raw file); torch needs native
+        array = array.astype(array.dtype.newbyteorder("="))
+    kind, size = array.dtype.kind, array.dtype.itemsize
+    if kind == "u" and size == 2:
         array = array.astype(np.int32)  # torch has limited uint16 support; int32 holds it exactly
         scale = 65535.0
-    elif array.dtype in (np.uint8, np.bool_):
-        scale = 255.0 if array.dtype == np.uint8 else 1.0
-    elif np.issubdtype(array.dtype, np.floating):
+    elif (kind == "u" and size == 1) or kind == "b":
+        scale = 255.0 if kind == "u" else 1.0
+    elif kind == "f":
         scale = 1.0
     else:
         raise ImageLoadError(
             name, f"unsupported dtype {array.dtype}; use uint8 (0..255), uint16 (0..65535) or float in [0, 1]"
         )
+    if not array.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only memory
+        array = array.copy()
     # (H, W, C) -> (C, H, W): the layout the model takes
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     return _finish(tensor, scale, name)

@@ -279,9 +279,9 @@ def write_label_map_png(path: str | os.PathLike, label_map: ArrayLike) -> Path:
     lm = _to_numpy(label_map)
     if lm.ndim != 2 or not np.issubdtype(lm.dtype, np.integer):
         raise ValueError(f"label map must be an integer (H, W) array, got {lm.dtype} {lm.shape}")
-    top = int(lm.max()) if lm.size else 0
-    if lm.size and int(lm.min()) < 0 or top > 65535:
-        raise ValueError(f"label map values must lie in 0..65535, found {int(lm.min())}..{top}")
+    low, top = (int(lm.min()), int(lm.max())) if lm.size else (0, 0)
+    if low < 0 or top > 65535:
+        raise ValueError(f"label map values must lie in 0..65535, found {low}..{top}")
     image = Image.fromarray(lm.astype(np.uint8 if top <= 255 else np.uint16))  # mode L or I;16
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 

@@ -1,0 +1,291 @@
+"""load_image over every image mode and bad input; expand_sources; atomic writes."""
+from __future__ import annotations
+
+import io as pyio
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskrcnn.inference.io import (
+    ImageLoadError,
+    atomic_open,
+    atomic_write,
+    expand_sources,
+    load_image,
+)
+
+
+def _check(t: torch.Tensor, h: int, w: int) -> None:
+    assert t.dtype == torch.float32 and t.shape == (3, h, w)
+    assert float(t.min()) >= 0 and float(t.max()) <= 1
+
+
+# ------------------------------------------------------------------------------ modes
+
+
+def test_rgb_png_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "rgb.png")
+    t = load_image(tmp_path / "rgb.png")
+    _check(t, 5, 7)
+    torch.testing.assert_close(t, torch.from_numpy(arr).permute(2, 0, 1).float() / 255)
+
+
+def test_grayscale_repeated_over_channels(tmp_path):
+    arr = np.array([[0, 51], [204, 255]], dtype=np.uint8)
+    Image.fromarray(arr, mode="L").save(tmp_path / "gray.png")
+    t = load_image(str(tmp_path / "gray.png"))
+    _check(t, 2, 2)
+    expected = torch.tensor([[0.0, 0.2], [0.8, 1.0]])
+    for c in range(3):
+        torch.testing.assert_close(t[c], expected)
+
+
+def test_bilevel_mode_1(tmp_path):
+    Image.fromarray(np.array([[True, False]])).convert("1").save(tmp_path / "bw.png")
+    t = load_image(tmp_path / "bw.png")
+    torch.testing.assert_close(t[:, 0], torch.tensor([[1.0, 0.0]] * 3))
+
+
+def test_rgba_alpha_dropped(tmp_path):
+    arr = np.array([[[255, 0, 0, 0], [0, 128, 255, 255]]], dtype=np.uint8)  # first pixel fully transparent
+    Image.fromarray(arr, mode="RGBA").save(tmp_path / "rgba.png")
+    t = load_image(tmp_path / "rgba.png")
+    _check(t, 1, 2)
+    # alpha is dropped, not composited: the transparent red pixel stays red
+    torch.testing.assert_close(t[:, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(t[:, 0, 1], torch.tensor([0.0, 128 / 255, 1.0]))
+
+
+def test_la_alpha_dropped(tmp_path):
+    Image.fromarray(np.array([[[100, 0]]], dtype=np.uint8), mode="LA").save(tmp_path / "la.png")
+    torch.testing.assert_close(load_image(tmp_path / "la.png")[:, 0, 0], torch.full((3,), 100 / 255))
+
+
+@pytest.mark.parametrize("transparency", [False, True])
+def test_palette(tmp_path, transparency):
+    im = Image.new("P", (3, 2))
+    im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 10, 20, 30] + [0] * (256 * 3 - 12))
+    im.putdata([0, 1, 2, 3, 1, 0])
+    kwargs = {"transparency": 0} if transparency else {}
+    im.save(tmp_path / "pal.png", **kwargs)
+    t = load_image(tmp_path / "pal.png")
+    _check(t, 2, 3)
+    torch.testing.assert_close(t[:, 0, 1], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(t[:, 0, 2], torch.tensor([0.0, 1.0, 0.0]))
+    torch.testing.assert_close(t[:, 1, 0], torch.tensor([10, 20, 30]) / 255)
+    torch.testing.assert_close(t[:, 0, 0], torch.zeros(3))  # transparent index: its palette color
+
+
+def test_sixteen_bit_grayscale(tmp_path):
+    arr = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "16.png")
+    with Image.open(tmp_path / "16.png") as im:
+        assert im.mode in ("I;16", "I")
+    t = load_image(tmp_path / "16.png")
+    _check(t, 1, 3)
+    torch.testing.assert_close(t[0, 0], torch.tensor([0.0, 32768 / 65535, 1.0]))
+    torch.testing.assert_close(t[0], t[2])
+
+
+def test_float_and_int32_modes(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.25, 1.0]], dtype=np.float32), mode="F").save(tmp_path / "f.tif")
+    torch.testing.assert_close(load_image(tmp_path / "f.tif")[1, 0], torch.tensor([0.0, 0.25, 1.0]))
+    Image.fromarray(np.array([[0.0, 255.0]], dtype=np.float32), mode="F").save(tmp_path / "f255.tif")
+    with pytest.raises(ImageLoadError, match=r"f255\.tif.*\[0, 1\]"):
+        load_image(tmp_path / "f255.tif")
+    # int32 "I" is read on the 16-bit scale, clipped
+    i32 = Image.fromarray(np.array([[0, 65535, 70000]], dtype=np.int32), mode="I")
+    torch.testing.assert_close(load_image(i32)[2, 0], torch.tensor([0.0, 1.0, 1.0]))
+    big_endian = np.array([[0, 65535]], dtype=">u2")
+    torch.testing.assert_close(load_image(big_endian)[0, 0], torch.tensor([0.0, 1.0]))
+
+
+def test_cmyk_jpeg(tmp_path):
+    Image.new("CMYK", (4, 3), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=100)
+    t = load_image(tmp_path / "cmyk.jpg")
+    _check(t, 3, 4)
+    assert t[0].mean() > 0.9 and t[1].mean() < 0.1  # C=0, M=Y=255 is red
+
+
+def test_exif_orientation_6_rotates(tmp_path):
+    # stored 3 wide x 2 high, red at stored (x=0, y=0); orientation 6 means "rotate 90 degrees
+    # clockwise to display", so the displayed image is 2 wide x 3 high with red top-right.
+    arr = np.zeros((2, 3, 3), dtype=np.uint8)
+    arr[0, 0] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "rot.png", exif=exif)
+    t = load_image(tmp_path / "rot.png")
+    _check(t, 3, 2)
+    torch.testing.assert_close(t[:, 0, 1], torch.tensor([1.0, 0.0, 0.0]))
+    assert float(t.sum()) == 1.0
+
+
+def test_pil_numpy_tensor_sources():
+    arr = np.arange(12, dtype=np.uint8).reshape(2, 2, 3) * 20
+    expected = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(load_image(Image.fromarray(arr)), expected)
+    torch.testing.assert_close(load_image(arr), expected)
+    torch.testing.assert_close(load_image(np.dstack([arr, np.zeros((2, 2), np.uint8)])), expected)
+    torch.testing.assert_close(load_image(torch.from_numpy(arr).permute(2, 0, 1)), expected)
+    torch.testing.assert_close(load_image(expected.double()), expected)
+    gray = load_image(np.array([[0, 65535]], dtype=np.uint16))
+    torch.testing.assert_close(gray, torch.tensor([[[0.0, 1.0]]] * 3))
+    torch.testing.assert_close(load_image(torch.tensor([[0.5]])), torch.full((3, 1, 1), 0.5))
+
+
+def test_bad_arrays_refused():
+    with pytest.raises(ImageLoadError, match=r"in \[0, 1\].*255"):
+        load_image(np.full((2, 2, 3), 200.0))
+    with pytest.raises(ImageLoadError, match="NaN"):
+        load_image(torch.full((3, 2, 2), float("nan")))
+    with pytest.raises(ImageLoadError, match="permute"):
+        load_image(torch.zeros((5, 6, 3), dtype=torch.uint8))
+    with pytest.raises(ImageLoadError, match="shape"):
+        load_image(np.zeros((2, 2, 2), dtype=np.uint8))
+    with pytest.raises(ImageLoadError, match="dtype"):
+        load_image(np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(TypeError):
+        load_image(42)
+
+
+# ------------------------------------------------------------------------------ bad files
+
+
+def test_truncated_png_names_file(tmp_path):
+    buf = pyio.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    path = tmp_path / "truncated.png"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageLoadError, match="truncated") as err:
+        load_image(path)
+    assert str(path) in str(err.value) and err.value.source == str(path)
+
+
+def test_text_file_named_jpg(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("not an image")
+    with pytest.raises(ImageLoadError, match="not an image") as err:
+        load_image(path)
+    assert "notes.jpg" in str(err.value)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageLoadError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageLoadError, match="folder"):
+        load_image(tmp_path)
+
+
+def test_pixel_limit_refused_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    buf = pyio.BytesIO()
+    Image.new("RGB", (100, 50)).save(buf, "PNG")
+    path.write_bytes(buf.getvalue()[:60])  # header only: the limit must fire before any decoding
+    with pytest.raises(ImageLoadError) as err:
+        load_image(path, max_pixels=1000)
+    msg = str(err.value)
+    assert "100x50" in msg and "5000" in msg and "1000" in msg and "big.png" in msg
+    with pytest.raises(ImageLoadError, match="100x50"):
+        load_image(np.zeros((50, 100, 3), np.uint8), max_pixels=1000)
+
+
+def test_pillow_bomb_check_reported(tmp_path, monkeypatch):
+    Image.new("RGB", (40, 40)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    with pytest.raises(ImageLoadError, match="bomb") as err:
+        load_image(tmp_path / "bomb.png", max_pixels=None)
+    assert "bomb.png" in str(err.value)
+
+
+def test_zero_size_refused():
+    with pytest.raises(ImageLoadError, match="zero size"):
+        load_image(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(ImageLoadError, match="zero size"):
+        load_image(Image.new("RGB", (0, 3)))
+
+
+def test_error_is_a_value_error_and_pickles():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ImageLoadError("a.png", "broken")))
+    assert isinstance(err, ValueError) and str(err) == "a.png: broken" and err.problem == "broken"
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+def test_expand_sources(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ["b.png", "a.jpg", "c.TIFF", "notes.txt", ".hidden.png"]:
+        (folder / name).write_bytes(b"x")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "d.png").write_bytes(b"x")
+    odd = tmp_path / "odd.dat"
+    odd.write_bytes(b"x")
+
+    assert expand_sources([folder]) == [folder / "a.jpg", folder / "b.png", folder / "c.TIFF"]
+    assert expand_sources([str(folder / "*.png")]) == [folder / "b.png"]
+    assert expand_sources([str(folder / "**" / "*.png")]) == [folder / "b.png", folder / "sub" / "d.png"]
+    # explicit files are kept whatever their extension; duplicates are dropped, order kept
+    assert expand_sources([odd, folder, str(folder / "a.jpg")]) == [
+        odd, folder / "a.jpg", folder / "b.png", folder / "c.TIFF"]
+    assert expand_sources(str(odd)) == [odd]
+
+
+def test_expand_sources_names_what_matched_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        expand_sources([tmp_path / "nope.png", str(tmp_path / "*.jpg"), tmp_path / "empty"])
+    msg = str(err.value)
+    assert "nope.png" in msg and "*.jpg" in msg and "empty" in msg
+
+
+# ------------------------------------------------------------------------------ atomic writes
+
+
+def test_atomic_open_writes_and_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "out" / "result.json"
+    with atomic_open(path, "w") as f:
+        f.write("first")
+    assert path.read_text() == "first"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # usual permissions, not mkstemp's 0600
+
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "w") as f:
+            f.write("half of the second")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == "first"  # the old file survives
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]  # no temp left
+
+    with pytest.raises(RuntimeError):
+        with atomic_open(tmp_path / "new.txt", "wb") as f:
+            f.write(b"partial")
+            raise RuntimeError
+    assert not (tmp_path / "new.txt").exists()
+    with pytest.raises(ValueError):
+        with atomic_open(path, "a"):
+            pass
+
+
+def test_atomic_write_with_path_writer(tmp_path):
+    path = tmp_path / "img.png"
+    atomic_write(path, lambda p: Image.new("RGB", (3, 2)).save(p))  # format inferred from suffix
+    with Image.open(path) as im:
+        assert im.size == (3, 2)
+
+    def failing(p):
+        p.write_bytes(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "other.png", failing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png"]
