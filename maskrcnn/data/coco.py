@@ -32,7 +32,7 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .image_io import DataError, open_image, pil_to_tensor
+from .image_io import _EXIF_ORIENTATION_TAG, DataError, open_image, pil_to_tensor
 
 __all__ = ["CocoDataset", "DataError", "read_coco_json", "BOX_TOLERANCE"]
 
@@ -128,7 +128,7 @@ class CocoDataset(Dataset):
         more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
         raise DataError(
             f"{self.annotation_file}: {len(bad)} bad {kind}{'s' if len(bad) > 1 else ''} "
-            f"(fix them, or pass skip_bad=True / --skip-bad to drop them):\n{listed}{more}"
+            f"(fix the data, or pass skip_bad=True / --skip-bad to drop bad items):\n{listed}{more}"
         )
 
     def _parse(self, data: dict[str, Any]) -> None:
@@ -246,12 +246,15 @@ class CocoDataset(Dataset):
         if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
             return {}, f"box {bbox} lies outside the {width}x{height} image"
         box = (max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height)))
+        if seg is None:
+            x1, y1, x2, y2 = box
+            seg = [[x1, y1, x2, y1, x2, y2, x1, y2]]
         return {
             "id": ann.get("id"),
             "box": box,
             "label": self._cat_to_label[cid],
             "iscrowd": iscrowd,
-            "segmentation": seg if seg is not None else [[box[0], box[1], box[2], box[1], box[2], box[3], box[0], box[3]]],
+            "segmentation": seg,
         }, None
 
     # ------------------------------------------------------------------ metadata
@@ -311,7 +314,10 @@ class CocoDataset(Dataset):
         except DataError as e:
             raise DataError(f"image id {info['id']}: {e}") from None
         want = (info["width"], info["height"])
-        oriented = ImageOps.exif_transpose(raw)
+        if raw.getexif().get(_EXIF_ORIENTATION_TAG, 1) == 1:
+            oriented = raw  # the common case; skip exif_transpose's full-image copy
+        else:
+            oriented = ImageOps.exif_transpose(raw)
         # Annotations usually follow the EXIF-rotated picture (what tools display); if the JSON
         # size matches only the stored pixels, the annotator worked on those, so keep them.
         if oriented.size == want:

@@ -40,11 +40,9 @@ def open_image(path: str | os.PathLike, *, exif: bool = True) -> Image.Image:
         raise DataError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
-            img.load()
+            img.load()  # pixels stay in memory after the file closes
             if exif:
                 img = ImageOps.exif_transpose(img)
-            else:
-                img = img.copy()
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: image too large to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

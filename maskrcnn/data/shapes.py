@@ -52,7 +52,8 @@ def _polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> list
         pts = [(size / 2 if k % 2 == 0 else size / 4.6, -math.pi / 2 + k * math.pi / 5) for k in range(10)]
     elif kind == "cross":
         a, b = size / 2, size / 6.5  # arm half-length and half-width
-        corners = [(b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b), (-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b)]
+        corners = [(b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b),
+                   (-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b)]
         pts = [(math.hypot(x, y), math.atan2(y, x)) for x, y in corners]
     else:
         raise ValueError(f"unknown shape {kind!r}; choose from {SHAPE_CLASSES}")

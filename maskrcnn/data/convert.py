@@ -1,0 +1,440 @@
+"""Converters from common annotation formats into COCO instance JSON (`maskrcnn convert`).
+
+Each converter writes one COCO JSON whose image `file_name`s are relative to the source
+folder (for CSV: to the image folder), so training takes `--images SRC`. Masks are checked the
+way `CocoDataset` checks them; bad items raise `DataError` naming the file, unless
+`skip_bad=True`, which drops them and lists them in the result.
+
+Formats:
+  labelme  SRC/**/*.json, LabelMe's files (polygon, rectangle, circle and mask shapes; shapes
+           sharing a `group_id` and label form one instance; points and lines are ignored).
+  masks    one binary PNG per instance (non-zero pixels = object):
+               SRC/images/NAME.{png,jpg,...}
+               SRC/masks/NAME/CLASS_K.png    e.g. masks/img01/cat_0.png, masks/img01/cat_1.png
+           A mask file not named CLASS_K (K digits) gets `default_class`. Images without a
+           masks/NAME folder are kept as images with no objects. The Kaggle Data Science Bowl
+           2018 layout, SRC/NAME/images/NAME.png + SRC/NAME/masks/*.png, is read too.
+  rle-csv  Kaggle run-length CSV `ImageId,EncodedPixels` (one row per instance; an empty
+           EncodedPixels lists an image with no objects); single class unless a `ClassId`
+           column is present.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import io
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from .image_io import DataError, image_sizes, write_json_atomic
+
+__all__ = [
+    "ConversionResult", "labelme_to_coco", "mask_pngs_to_coco", "rle_csv_to_coco",
+    "encode_kaggle_rle", "decode_kaggle_rle", "convert_main",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+_CLASS_K = re.compile(r"^(?P<cls>.+)_(?P<k>\d+)$")
+
+
+# ---------------------------------------------------------------------- Kaggle run-length codes
+
+def encode_kaggle_rle(mask: np.ndarray) -> str:
+    """Binary mask (H, W) -> Kaggle run-length string "start length start length ...".
+
+    Pixels are numbered from 1, top to bottom, then left to right (column-major), as in
+    Kaggle's Data Science Bowl 2018 and Airbus Ship Detection. An empty mask gives "".
+    """
+    flat = np.asarray(mask).astype(bool).ravel(order="F")
+    padded = np.concatenate([[False], flat, [False]])
+    # 1-based positions where the value flips: alternately a run's start and one past its end
+    edges = np.flatnonzero(padded[1:] != padded[:-1]) + 1
+    starts, ends = edges[0::2], edges[1::2]
+    return " ".join(f"{s} {n}" for s, n in zip(starts.tolist(), (ends - starts).tolist()))
+
+
+def decode_kaggle_rle(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """Kaggle run-length string -> uint8 (H, W) mask of 0/1; the inverse of `encode_kaggle_rle`.
+
+    Raises `DataError` on odd token counts, non-integers, or runs beyond the H*W pixels.
+    """
+    height, width = shape
+    tokens = rle.split() if isinstance(rle, str) else []
+    try:
+        nums = np.array([int(t) for t in tokens], dtype=np.int64)
+    except ValueError:
+        raise DataError(f"run-length string has a non-integer token: {rle[:60]!r}") from None
+    if nums.size % 2:
+        raise DataError(f"run-length string has an odd number of values ({nums.size})")
+    starts, lengths = nums[0::2] - 1, nums[1::2]
+    if nums.size and (starts.min() < 0 or lengths.min() < 0 or (starts + lengths).max() > height * width):
+        raise DataError(f"run-length string has runs outside the {height}x{width} image")
+    # +1 at each run start, -1 one past its end; the running sum is > 0 inside runs
+    delta = np.zeros(height * width + 1, dtype=np.int32)
+    np.add.at(delta, starts, 1)
+    np.add.at(delta, starts + lengths, -1)
+    flat = np.cumsum(delta[:-1]) > 0
+    return flat.reshape((height, width), order="F").astype(np.uint8)
+
+
+# ---------------------------------------------------------------------- building the JSON
+
+@dataclass
+class ConversionResult:
+    """What a converter wrote: pass `out_json` and `image_dir` to `CocoDataset`."""
+
+    out_json: Path
+    image_dir: Path
+    num_images: int
+    num_annotations: int
+    class_names: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (f"wrote {self.out_json}: {self.num_images} images, {self.num_annotations} instances, "
+                f"{len(self.class_names)} classes {self.class_names}; images are under {self.image_dir}")
+        if self.skipped:
+            text += f"\nskipped {len(self.skipped)} bad items:" + "".join(
+                f"\n  {what}: {why}" for what, why in self.skipped[:20])
+        return text
+
+
+class _CocoBuilder:
+    def __init__(self, class_names: Sequence[str] | None, skip_bad: bool) -> None:
+        self.fixed_classes = list(class_names) if class_names else None
+        self.skip_bad = skip_bad
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+        self.skipped: list[tuple[str, str]] = []
+
+    def bad(self, what: str, reason: str) -> None:
+        if not self.skip_bad:
+            raise DataError(f"{what}: {reason} (pass skip_bad=True / --skip-bad to drop it)")
+        self.skipped.append((what, reason))
+
+    def add_image(self, file_name: str, height: int, width: int) -> int:
+        image_id = len(self.images) + 1
+        self.images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        return image_id
+
+    def add_instance(self, image_id: int, class_name: str, segmentation: Any, what: str) -> None:
+        """segmentation: list of flat polygons, or a bool/uint8 (H, W) mask array."""
+        img = self.images[image_id - 1]
+        height, width = img["height"], img["width"]
+        if self.fixed_classes is not None and class_name not in self.fixed_classes:
+            return self.bad(what, f"class {class_name!r} is not in the given classes {self.fixed_classes}")
+        if isinstance(segmentation, np.ndarray):
+            rle = mask_utils.encode(np.asfortranarray(segmentation.astype(np.uint8)))
+            seg = {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+        else:
+            for poly in segmentation:
+                if len(poly) < 6:
+                    return self.bad(what, f"polygon with {len(poly) // 2} points; at least 3 are needed")
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+            seg = [[round(float(v), 2) for v in poly] for poly in segmentation]
+        area = float(mask_utils.area(rle))
+        if area <= 0:
+            return self.bad(what, "empty mask (zero area inside the image)")
+        self.annotations.append({
+            "id": len(self.annotations) + 1, "image_id": image_id, "category_id": class_name,
+            "segmentation": seg, "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            "area": area, "iscrowd": 0,
+        })
+
+    def write(self, out_json: str | os.PathLike, image_dir: Path) -> ConversionResult:
+        # numeric class names (Kaggle ClassId) sort as numbers, so "10" comes after "2"
+        names = self.fixed_classes or sorted(
+            {a["category_id"] for a in self.annotations}, key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
+        if not names:
+            names = ["object"]  # COCO needs at least one category even with only negatives
+        cat_id = {name: k + 1 for k, name in enumerate(names)}
+        for a in self.annotations:
+            a["category_id"] = cat_id[a["category_id"]]
+        data = {
+            "info": {"description": "converted by maskrcnn convert"}, "licenses": [],
+            "images": self.images, "annotations": self.annotations,
+            "categories": [{"id": cat_id[n], "name": n, "supercategory": ""} for n in names],
+        }
+        path = write_json_atomic(data, out_json)
+        return ConversionResult(path, image_dir, len(self.images), len(self.annotations), list(names), self.skipped)
+
+
+def _need_dir(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    return folder
+
+
+def _rel(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _find_image(folder: Path, stem: str) -> Path | None:
+    for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
+        if (folder / (stem + ext)).is_file():
+            return folder / (stem + ext)
+    return None
+
+
+def _read_mask_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read mask image ({type(e).__name__}: {e})") from None
+    return (arr.any(axis=-1) if arr.ndim == 3 else arr != 0)
+
+
+# ---------------------------------------------------------------------- LabelMe
+
+def _labelme_parts(shape: dict[str, Any], height: int, width: int) -> list | np.ndarray | str:
+    """One LabelMe shape -> list of polygons, an (H, W) mask, or a string saying why it is skipped."""
+    kind = shape.get("shape_type") or "polygon"
+    pts = shape.get("points") or []
+    try:
+        flat = [float(v) for p in pts for v in p[:2]]
+    except (TypeError, ValueError):
+        return f"bad points {pts!r:.60}"
+    if kind == "polygon":
+        return [flat]
+    if kind == "rectangle" and len(pts) == 2:
+        (x1, y1), (x2, y2) = pts[0][:2], pts[1][:2]
+        return [[x1, y1, x2, y1, x2, y2, x1, y2]]
+    if kind == "circle" and len(pts) == 2:
+        (cx, cy), (px, py) = pts[0][:2], pts[1][:2]
+        r = math.hypot(px - cx, py - cy)
+        angles = [t * math.pi / 16 for t in range(32)]
+        return [[v for a in angles for v in (cx + r * math.cos(a), cy + r * math.sin(a))]]
+    if kind == "mask" and shape.get("mask") and len(pts) == 2:
+        # LabelMe >= 5.3: a base64 PNG of the region inside the box given by the two points
+        try:
+            part = np.asarray(Image.open(io.BytesIO(base64.b64decode(shape["mask"])))).astype(bool)
+        except Exception as e:
+            raise DataError(f"cannot decode the base64 mask ({type(e).__name__}: {e})") from None
+        if part.ndim == 3:
+            part = part.any(axis=-1)
+        x0, y0 = int(pts[0][0]), int(pts[0][1])
+        full = np.zeros((height, width), dtype=bool)
+        h, w = part[: height - y0, : width - x0].shape
+        full[y0:y0 + h, x0:x0 + w] = part[:h, :w]
+        return full
+    return f"shape_type {kind!r} is not a region"
+
+
+def labelme_to_coco(
+    folder: str | os.PathLike, out_json: str | os.PathLike, *,
+    class_names: Sequence[str] | None = None, skip_bad: bool = False,
+) -> ConversionResult:
+    """Convert a folder of LabelMe JSON files (searched recursively) into one COCO JSON.
+
+    Images are found through each file's `imagePath` (relative to the JSON file); `file_name`s
+    in the output are relative to `folder`. `class_names` fixes the category order (ids 1..K,
+    so train and val conversions agree); by default the labels found, sorted, are used.
+    """
+    folder = _need_dir(folder)
+    files = sorted(p for p in folder.rglob("*.json") if p.resolve() != Path(out_json).resolve())
+    if not files:
+        raise DataError(f"{folder}: no LabelMe .json files found")
+    builder = _CocoBuilder(class_names, skip_bad)
+    for jf in files:
+        try:
+            data = json.loads(jf.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{jf}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        if not isinstance(data, dict) or "shapes" not in data:
+            builder.bad(str(jf), "not a LabelMe file (no 'shapes')")
+            continue
+        image_path = jf.parent / str(data.get("imagePath") or "").replace("\\", "/")
+        if not data.get("imagePath") or not image_path.is_file():
+            image_path = _find_image(jf.parent, jf.stem) or image_path
+        if not image_path.is_file():
+            builder.bad(str(jf), f"image {data.get('imagePath')!r} not found next to it")
+            continue
+        _, (height, width) = image_sizes(image_path)  # LabelMe shows images EXIF-rotated
+        if (data.get("imageHeight"), data.get("imageWidth")) not in ((None, None), (height, width)):
+            builder.bad(str(jf), f"imageHeight x imageWidth {data['imageHeight']}x{data['imageWidth']} "
+                                 f"differs from {image_path.name} ({height}x{width})")
+            continue
+        image_id = builder.add_image(_rel(image_path, folder), height, width)
+        groups: dict[tuple[str, Any], list] = {}
+        for k, shape in enumerate(data["shapes"]):
+            what = f"{jf}: shape {k} ({shape.get('label')!r})"
+            try:
+                parts = _labelme_parts(shape, height, width)
+            except DataError as e:
+                builder.bad(what, str(e))
+                continue
+            if isinstance(parts, str):
+                builder.skipped.append((what, parts))  # points/lines are not errors, just not masks
+                continue
+            # shapes with the same label and group_id are the parts of one object
+            key = (str(shape.get("label")), shape["group_id"] if shape.get("group_id") is not None else ("k", k))
+            groups.setdefault(key, []).append((what, parts))
+        for (label, _), members in groups.items():
+            what = members[0][0]
+            if all(isinstance(p, list) for _, p in members):
+                builder.add_instance(image_id, label, [poly for _, p in members for poly in p], what)
+                continue
+            union = np.zeros((height, width), dtype=bool)
+            for _, p in members:
+                if isinstance(p, list):
+                    if any(len(poly) < 6 for poly in p):
+                        continue  # add_instance reports short polygons; skip the bad part here
+                    p = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(p, height, width))).astype(bool)
+                union |= p
+            builder.add_instance(image_id, label, union, what)
+    return builder.write(out_json, folder)
+
+
+# ---------------------------------------------------------------------- per-instance mask PNGs
+
+def mask_pngs_to_coco(
+    folder: str | os.PathLike, out_json: str | os.PathLike, *,
+    class_names: Sequence[str] | None = None, default_class: str = "object", skip_bad: bool = False,
+) -> ConversionResult:
+    """Convert per-instance binary mask PNGs into COCO (layout in the module docstring).
+
+    Masks are stored as compressed RLE, exactly as drawn (no polygon approximation).
+    """
+    folder = _need_dir(folder)
+    pairs: list[tuple[Path, Path]] = []  # (image file, folder of its instance masks)
+    if (folder / "images").is_dir():
+        for img in sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+            pairs.append((img, folder / "masks" / img.stem))
+        if (folder / "masks").is_dir():
+            known = {img.stem for img, _ in pairs}
+            orphans = sorted(d.name for d in (folder / "masks").iterdir() if d.is_dir() and d.name not in known)
+            if orphans:
+                raise DataError(f"{folder / 'masks'}: mask folders without an image in images/: {orphans[:10]}")
+    else:  # Data Science Bowl 2018: NAME/images/NAME.png + NAME/masks/*.png
+        for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
+            img = _find_image(sub / "images", sub.name)
+            if img is None:
+                raise DataError(f"{sub}: expected {sub / 'images' / (sub.name + '.png')}")
+            pairs.append((img, sub / "masks"))
+    if not pairs:
+        raise DataError(f"{folder}: no images found (expected images/NAME.png + masks/NAME/CLASS_K.png)")
+
+    builder = _CocoBuilder(class_names, skip_bad)
+    for img, mask_dir in pairs:
+        raw, oriented = image_sizes(img)
+        mask_files = sorted(mask_dir.glob("*.png")) if mask_dir.is_dir() else []
+        masks = [(m, _read_mask_png(m)) for m in mask_files]
+        # Masks drawn on the EXIF-rotated picture match the oriented size; masks made from the
+        # stored pixels match the raw size. Record whichever the masks agree with.
+        size = oriented
+        if masks and masks[0][1].shape == raw:
+            size = raw
+        image_id = builder.add_image(_rel(img, folder), *size)
+        for m, arr in masks:
+            if arr.shape != size:
+                builder.bad(str(m), f"mask is {arr.shape[0]}x{arr.shape[1]} (HxW) "
+                                    f"but {img.name} is {size[0]}x{size[1]}")
+                continue
+            match = _CLASS_K.match(m.stem)
+            builder.add_instance(image_id, match["cls"] if match else default_class, arr, str(m))
+    return builder.write(out_json, folder)
+
+
+# ---------------------------------------------------------------------- Kaggle CSV
+
+def rle_csv_to_coco(
+    csv_file: str | os.PathLike, image_dir: str | os.PathLike, out_json: str | os.PathLike, *,
+    class_name: str = "object", skip_bad: bool = False,
+) -> ConversionResult:
+    """Convert a Kaggle run-length CSV (`ImageId,EncodedPixels`, one row per instance) into COCO.
+
+    `ImageId` is looked up in `image_dir` as given, then with an image extension added, then as
+    NAME/images/NAME.png (Data Science Bowl 2018). Rows with an empty `EncodedPixels` list
+    images without objects. Image sizes come from the files (run lengths need H to decode).
+    """
+    csv_file, image_dir = Path(csv_file), _need_dir(image_dir)
+    try:
+        text = csv_file.read_text(encoding="utf-8-sig")  # -sig: Excel writes a BOM
+    except OSError as e:
+        raise DataError(f"{csv_file}: cannot read ({e})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+    if "imageid" not in columns or "encodedpixels" not in columns:
+        raise DataError(f"{csv_file}: expected columns ImageId,EncodedPixels, found {reader.fieldnames}")
+    col_id, col_rle, col_cls = columns["imageid"], columns["encodedpixels"], columns.get("classid")
+
+    builder = _CocoBuilder([class_name] if col_cls is None else None, skip_bad)
+    ids: dict[str, int | None] = {}
+    for line, row in enumerate(reader, start=2):  # line 1 is the header
+        name = (row.get(col_id) or "").strip()
+        what = f"{csv_file}:{line} (ImageId {name!r})"
+        if name not in ids:
+            path = image_dir / name
+            if not path.is_file():
+                path = _find_image(image_dir, name) or _find_image(image_dir / name / "images", name) or path
+            if not path.is_file():
+                builder.bad(what, f"no image {name!r} in {image_dir}")
+                ids[name] = None
+                continue
+            raw, _ = image_sizes(path)  # run lengths index the stored pixel array
+            ids[name] = builder.add_image(_rel(path, image_dir), *raw)
+        image_id = ids[name]
+        rle = (row.get(col_rle) or "").strip()
+        if image_id is None or not rle:
+            continue
+        info = builder.images[image_id - 1]
+        try:
+            mask = decode_kaggle_rle(rle, (info["height"], info["width"]))
+        except DataError as e:
+            builder.bad(what, str(e))
+            continue
+        cls = class_name if col_cls is None else str(row.get(col_cls)).strip()
+        builder.add_instance(image_id, cls, mask, what)
+    return builder.write(out_json, image_dir)
+
+
+# ---------------------------------------------------------------------- command line
+
+def convert_main(argv: Sequence[str] | None = None) -> int:
+    """`maskrcnn convert {labelme,masks,rle-csv} SRC --out FILE.json [...]`; returns an exit code."""
+    parser = argparse.ArgumentParser(prog="maskrcnn convert",
+                                     description="Convert annotations into COCO instance JSON.")
+    sub = parser.add_subparsers(dest="format", required=True)
+    p = sub.add_parser("labelme", help="a folder of LabelMe .json files")
+    p.add_argument("src", help="folder with LabelMe .json files and their images")
+    p = sub.add_parser("masks", help="per-instance mask PNGs: SRC/images/NAME.png + SRC/masks/NAME/CLASS_K.png")
+    p.add_argument("src", help="folder with images/ and masks/ (or the DSB-2018 layout)")
+    p.add_argument("--default-class", default="object", help="class of masks not named CLASS_K.png")
+    p = sub.add_parser("rle-csv", help="Kaggle run-length CSV: ImageId,EncodedPixels")
+    p.add_argument("src", help="the CSV file")
+    p.add_argument("--images", required=True, help="folder with the images named in ImageId")
+    p.add_argument("--class-name", default="object", help="name of the single class")
+    for p in sub.choices.values():
+        p.add_argument("--out", required=True, help="COCO JSON to write (atomically)")
+        p.add_argument("--skip-bad", action="store_true", help="drop bad items and report them instead of stopping")
+        if p.prog.split()[-1] != "rle-csv":
+            p.add_argument("--classes", help="comma-separated class names, fixing category ids 1..K")
+    args = parser.parse_args(argv)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if getattr(args, "classes", None) else None
+    try:
+        if args.format == "labelme":
+            result = labelme_to_coco(args.src, args.out, class_names=classes, skip_bad=args.skip_bad)
+        elif args.format == "masks":
+            result = mask_pngs_to_coco(args.src, args.out, class_names=classes,
+                                       default_class=args.default_class, skip_bad=args.skip_bad)
+        else:
+            result = rle_csv_to_coco(args.src, args.images, args.out,
+                                     class_name=args.class_name, skip_bad=args.skip_bad)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
