@@ -1,0 +1,220 @@
+"""Named weights ("torchvision:maskrcnn_resnet50_fpn", ..._v2): where they live, a local cache,
+and a download with a hash check.
+
+    >>> path = weights_path("torchvision:maskrcnn_resnet50_fpn")   # doctest: +SKIP
+    PosixPath('/home/me/.cache/maskrcnn/torchvision/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth')
+
+The cache folder is `$MASKRCNN_CACHE`, else `~/.cache/maskrcnn`. A file torchvision already
+downloaded (`$TORCH_HOME/hub/checkpoints/`, default `~/.cache/torch/hub/checkpoints/`) is used
+as it is, so torchvision users do not download 170 MB twice. Downloads go to a temporary file
+in the cache folder, are hashed while they stream, and are renamed into place only when the
+hash matches, so the cache never holds a partial or corrupt file under the final name.
+
+Offline (no network, `MASKRCNN_OFFLINE=1`, or `download=False`), `WeightsUnavailableError`
+says which URL to fetch and the exact path to put the file at.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+__all__ = [
+    "COCO_CATEGORY_NAMES", "NAMED_WEIGHTS", "NamedWeights", "WeightsUnavailableError",
+    "cache_dir", "download_file", "file_sha256", "weights_path",
+]
+
+# torchvision's COCO label list (torchvision.models._meta._COCO_CATEGORIES): index = label =
+# COCO category id; "N/A" fills the 11 ids COCO never used, "__background__" is label 0.
+COCO_CATEGORY_NAMES = [
+    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train",
+    "truck", "boat", "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter",
+    "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra",
+    "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A", "handbag", "tie", "suitcase",
+    "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
+    "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot",
+    "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "N/A",
+    "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A",
+    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+]
+assert len(COCO_CATEGORY_NAMES) == 91
+
+
+@dataclass(frozen=True)
+class NamedWeights:
+    """A published checkpoint. `sha256_prefix` is the hash prefix in the file name, which is
+    what torchvision's own `check_hash` compares (the full digest is not published)."""
+
+    url: str
+    sha256_prefix: str
+    variant: str  # "v1" or "v2", for from_torchvision
+    class_names: tuple[str, ...]  # index 0 is label 1 (background has no entry)
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+NAMED_WEIGHTS: dict[str, NamedWeights] = {
+    # box AP 37.9 / mask AP 34.6 on COCO val2017 (torchvision's model card)
+    "torchvision:maskrcnn_resnet50_fpn": NamedWeights(
+        url="https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+        sha256_prefix="bf2d0c1e",
+        variant="v1",
+        class_names=tuple(COCO_CATEGORY_NAMES[1:]),
+    ),
+    # box AP 47.4 / mask AP 41.8
+    "torchvision:maskrcnn_resnet50_fpn_v2": NamedWeights(
+        url="https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+        sha256_prefix="73cbd019",
+        variant="v2",
+        class_names=tuple(COCO_CATEGORY_NAMES[1:]),
+    ),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Named weights that are neither cached nor downloadable right now."""
+
+
+def cache_dir() -> Path:
+    """`$MASKRCNN_CACHE`, else `~/.cache/maskrcnn` (created on first download, not here)."""
+    env = os.environ.get("MASKRCNN_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "maskrcnn"
+
+
+def _torch_hub_checkpoints() -> Path:
+    # torch.hub.get_dir() without importing torch.hub's machinery: $TORCH_HOME/hub/checkpoints
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache")), "torch"
+    )
+    return Path(torch_home).expanduser() / "hub" / "checkpoints"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _lookup(name: str) -> NamedWeights:
+    if name not in NAMED_WEIGHTS:
+        raise ValueError(f"unknown named weights {name!r}; known: {', '.join(NAMED_WEIGHTS)}")
+    return NAMED_WEIGHTS[name]
+
+
+def _offline_message(name: str, entry: NamedWeights, target: Path, reason: str) -> str:
+    return (
+        f"{name}: {reason}.\n"
+        f"Fetch {entry.url}\n"
+        f"and put it at {target}\n"
+        f"  e.g. mkdir -p '{target.parent}' && curl -L -o '{target}' '{entry.url}'\n"
+        f"(its SHA-256 must start with {entry.sha256_prefix}; set MASKRCNN_CACHE to use another "
+        f"cache folder, or pass the file's path instead of the name)"
+    )
+
+
+def weights_path(
+    name: str,
+    *,
+    download: bool | None = None,
+    progress: bool = True,
+    opener: Callable = urllib.request.urlopen,
+) -> Path:
+    """Local path of named weights, downloading them into the cache when missing.
+
+    download: None follows the environment (`MASKRCNN_OFFLINE=1` forbids it); False never
+    touches the network. A cached file whose hash does not match is reported, not used.
+    opener: `urllib.request.urlopen`-like callable (tests pass a fake one).
+    Raises WeightsUnavailableError (offline / download failed) or ValueError (bad hash).
+    """
+    entry = _lookup(name)
+    target = cache_dir() / "torchvision" / entry.filename
+    for candidate in (target, _torch_hub_checkpoints() / entry.filename):
+        if candidate.is_file():
+            # Checked on every load: a file put there by hand is exactly what a user may have
+            # got wrong, and hashing costs well under a second next to reading 170 MB of weights.
+            digest = file_sha256(candidate)
+            if not digest.startswith(entry.sha256_prefix):
+                raise ValueError(
+                    f"{candidate}: SHA-256 {digest[:16]}... does not start with {entry.sha256_prefix}, "
+                    f"so it is not {name} (corrupt or a different file); delete it and fetch {entry.url} again"
+                )
+            return candidate
+    if download is None:
+        download = os.environ.get("MASKRCNN_OFFLINE", "").lower() not in ("1", "true", "yes")
+    if not download:
+        raise WeightsUnavailableError(_offline_message(name, entry, target, "not in the cache and downloads are off"))
+    try:
+        download_file(entry.url, target, sha256_prefix=entry.sha256_prefix, progress=progress, opener=opener)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise WeightsUnavailableError(_offline_message(name, entry, target, f"download failed ({reason})")) from e
+    return target
+
+
+def download_file(
+    url: str,
+    target: str | os.PathLike,
+    *,
+    sha256_prefix: str | None = None,
+    progress: bool = True,
+    opener: Callable = urllib.request.urlopen,
+    timeout: float = 60.0,
+) -> Path:
+    """Stream `url` to a temporary file beside `target`, check its SHA-256 prefix, then rename.
+
+    On a hash mismatch the temporary file is deleted and ValueError names both hashes; an
+    existing `target` is never touched until the new file is complete and verified.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as response:
+            total = _content_length(response)
+            bar = _progress_bar(total, target.name) if progress else None
+            while block := response.read(1 << 20):
+                out.write(block)
+                digest.update(block)
+                if bar is not None:
+                    bar.update(len(block))
+            if bar is not None:
+                bar.close()
+        hexdigest = digest.hexdigest()
+        if sha256_prefix and not hexdigest.startswith(sha256_prefix):
+            raise ValueError(
+                f"downloaded {url} but its SHA-256 {hexdigest[:16]}... does not start with "
+                f"{sha256_prefix}: the download is corrupt or the file changed; nothing was saved"
+            )
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return target
+
+
+def _content_length(response) -> int | None:
+    headers = getattr(response, "headers", None)
+    value = headers.get("Content-Length") if headers is not None else None
+    return int(value) if value and value.isdigit() else None
+
+
+def _progress_bar(total: int | None, name: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"downloading {name}",
+                file=sys.stderr, disable=None)  # disable=None: no bar when stderr is not a terminal
+
