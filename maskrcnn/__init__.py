@@ -7,5 +7,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Detections", "ImageList", "MaskRCNN", "MaskRCNNOutput", "ModelConfig",
-    "build_model", "build_preset", "from_torchvision",
+    "build_model", "build_preset", "from_torchvision", "load_model",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy: `import maskrcnn` for training should not pay for PIL/pycocotools/inference code.
+    if name == "load_model":
+        from .inference.api import load_model
+
+        return load_model
+    raise AttributeError(f"module 'maskrcnn' has no attribute {name!r}")
