@@ -1,0 +1,157 @@
+"""Training checkpoints that survive being killed at any instant.
+
+A checkpoint at iteration `it` (iterations completed) is three files in the output folder:
+
+    model_0001000.safetensors   weights (loadable on their own: `load_native`)
+    model_0001000.json          the model config with class names
+    state_0001000.pt            optimizer, LR scheduler, GradScaler, iteration, every process's
+                                torch / CUDA / numpy / python RNG state, data-order facts
+
+Each file is written to a temporary name and renamed (atomic on POSIX), and only after all
+three exist does `last_checkpoint.json` (itself replaced atomically) point at them. A crash at
+any moment therefore leaves the pointer on the previous complete checkpoint. Older checkpoints
+are deleted only after the pointer has moved, keeping the last K.
+
+The state file holds only tensors, numbers, strings, lists and dicts, so it is read with
+`torch.load(..., weights_only=True)` and cannot run code.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from ..checkpoint.native import atomic_replace, load_checked, save_model
+from ..checkpoint.torchvision import convert_state_dict, read_state_dict
+from ..modeling.mask_rcnn import MaskRCNN
+
+POINTER = "last_checkpoint.json"
+_NAME = re.compile(r"^model_(\d{7,})\.safetensors$")
+
+
+# ------------------------------------------------------------------------------ RNG states
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors and numbers (weights_only-loadable)."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------ save / load
+
+
+class Checkpointer:
+    """Writes and finds checkpoints in `directory`; `keep` periodic checkpoints stay on disk."""
+
+    def __init__(self, directory: str | Path, keep: int = 3):
+        self.directory = Path(directory)
+        self.keep = keep
+
+    @staticmethod
+    def names(iteration: int) -> tuple[str, str]:
+        return f"model_{iteration:07d}.safetensors", f"state_{iteration:07d}.pt"
+
+    def save(self, iteration: int, model: MaskRCNN, state: dict[str, Any]) -> Path:
+        """Write weights, then state, then move the pointer, then prune. Rank 0 only."""
+        model_name, state_name = self.names(iteration)
+        save_model(model, self.directory / model_name, extra={"iteration": iteration})
+        atomic_replace(self.directory / state_name, lambda tmp: torch.save({"iteration": iteration, **state}, tmp))
+        pointer = {"iteration": iteration, "model": model_name, "state": state_name}
+        atomic_replace(self.directory / POINTER, lambda tmp: Path(tmp).write_text(json.dumps(pointer, indent=1)))
+        self._prune(keep_name=model_name)
+        return self.directory / model_name
+
+    def _prune(self, keep_name: str) -> None:
+        found = sorted((int(m.group(1)), p.name) for p in self.directory.iterdir() if (m := _NAME.match(p.name)))
+        for iteration, name in found[: max(0, len(found) - self.keep)]:
+            if name == keep_name:
+                continue
+            model_name, state_name = self.names(iteration)
+            for stale in (model_name, Path(model_name).with_suffix(".json").name, state_name):
+                (self.directory / stale).unlink(missing_ok=True)
+
+    def latest(self) -> dict[str, Any] | None:
+        """The pointer's record with full paths, or None when no checkpoint was written yet."""
+        pointer_path = self.directory / POINTER
+        if not pointer_path.is_file():
+            return None
+        try:
+            pointer = json.loads(pointer_path.read_text())
+            record = {"iteration": int(pointer["iteration"]),
+                      "model": self.directory / pointer["model"], "state": self.directory / pointer["state"]}
+        except (ValueError, KeyError, TypeError) as e:
+            raise RuntimeError(f"{pointer_path} is not a valid checkpoint pointer ({e}); "
+                               "delete it to start over, or point it at an existing model_*/state_* pair") from None
+        for key in ("model", "state"):
+            if not record[key].is_file():
+                raise RuntimeError(f"{pointer_path} points at {record[key]}, which does not exist")
+        return record
+
+    def load(self, record: dict[str, Any], model: MaskRCNN, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """Load weights into `model`; return the training state (optimizer, scheduler, ...)."""
+        load_checked(model, load_file(str(record["model"])), str(record["model"]))
+        try:
+            state = torch.load(record["state"], map_location=map_location, weights_only=True)
+        except Exception as e:
+            raise RuntimeError(f"cannot read training state {record['state']}: {e}") from e
+        if state.get("iteration") != record["iteration"]:
+            raise RuntimeError(f"{record['state']} is for iteration {state.get('iteration')}, "
+                               f"but the pointer says {record['iteration']}")
+        return state
+
+
+# ------------------------------------------------------------------------------ initial weights
+
+
+def load_initial_weights(model: MaskRCNN, path: str | Path) -> str:
+    """Start training from other weights: our .safetensors, a torchvision Mask R-CNN checkpoint
+    (e.g. COCO weights to fine-tune on new classes) or an ImageNet classification ResNet
+    (torchvision's resnet50-*.pth, as the paper's backbone initialization).
+
+    Tensors whose name and shape match are loaded; the rest (typically the class-specific
+    predictor layers when the class count differs) keep their fresh initialization. Returns a
+    one-line report; raises if nothing matched, which means the file is for another model.
+    """
+    state = read_state_dict(path)
+    if "conv1.weight" in state and "layer1.0.conv1.weight" in state:  # an ImageNet ResNet
+        state = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    state = convert_state_dict(state)
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    reshaped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    if not matched:
+        raise ValueError(f"no tensor of {path} fits the model: it is for another architecture")
+    model.load_state_dict(matched, strict=False)
+    fresh = len([k for k in own if k not in matched and not k.endswith("num_batches_tracked")])
+    report = f"initial weights {path}: loaded {len(matched)} tensors, {fresh} of the model's stay freshly initialized"
+    if reshaped:
+        report += f" ({len(reshaped)} skipped for shape, e.g. {reshaped[0]})"
+    return report

@@ -1,0 +1,323 @@
+"""`maskrcnn train`: the training loop, readable top to bottom.
+
+    maskrcnn train --config configs/shapes_cpu.yaml train.output_dir=out solver.max_iter=500
+    maskrcnn train --config configs/shapes_cpu.yaml train.output_dir=out --resume
+    torchrun --nproc_per_node=8 -m maskrcnn train --config configs/maskrcnn_R50_FPN_coco_1x.yaml
+
+Each iteration: forward -> sum the five losses -> NaN guard -> backward -> optional gradient
+clipping -> SGD step -> LR schedule step. Checkpoints every `train.checkpoint_period`
+iterations (see checkpointer.py for why they survive a kill at any instant), evaluation every
+`train.eval_period`, metrics to metrics.jsonl, TensorBoard and the progress bar.
+
+Exact resume: everything random is restored or recomputed from the seed. The data order and
+each sample's augmentation are functions of (seed, stream position) (sampler.py); RPN/RoI
+sampling and multi-scale choice use torch's RNG, saved per process in every checkpoint. On CPU
+a run interrupted and resumed ends with bit-identical weights to one that never stopped.
+
+With torchrun (RANK/WORLD_SIZE set) the model is wrapped in DistributedDataParallel, NCCL on
+CUDA and gloo on CPU; `solver.batch_size` is the total over all processes; only rank 0 writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..checkpoint.native import save_model
+from ..data import CocoDataset, DataError, RandomHorizontalFlip, collate_fn, write_json_atomic
+from ..modeling.build import PRESETS, ModelConfig, build_model
+from ..modeling.mask_rcnn import MaskRCNN
+from . import distributed
+from .checkpointer import Checkpointer, capture_rng_state, load_initial_weights, restore_rng_state
+from .config import Config, ConfigError, load_config, require_data
+from .metrics import MetricsWriter
+from .sampler import SeededSamples, TrainingSampler
+from .solver import LRScheduler, build_optimizer
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; the message names the iteration, the loss terms and the
+    last good checkpoint (which is left as it was)."""
+
+
+@dataclass
+class TrainResult:
+    model: MaskRCNN  # the trained model (unwrapped from DDP), in train mode
+    iteration: int
+    output_dir: Path
+    final_weights: Path | None  # model_final.safetensors (rank 0 only)
+    eval_results: dict[str, Any] = field(default_factory=dict)
+    skipped: int = 0  # bad images / annotations dropped under data.skip_bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="maskrcnn train", description="Train Mask R-CNN from a YAML config.",
+        epilog="Overrides: section.key=value, e.g. solver.base_lr=0.01 train.output_dir=runs/a. "
+               "Configs shipped with maskrcnn can be named without a path: --config shapes_cpu.yaml.",
+    )
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+    parser.add_argument("--skip-bad", action="store_true", help="skip bad images/annotations and report how many")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.skip_bad:
+            cfg.data.skip_bad = True
+        result = train(cfg, resume=args.resume)
+    except NonFiniteLossError as e:
+        print(f"maskrcnn train: {e}", file=sys.stderr)
+        return 3
+    except (ConfigError, DataError, FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"maskrcnn train: {e}", file=sys.stderr)
+        return 2
+    if result.final_weights is not None:
+        print(f"done: {result.iteration} iterations; weights {result.final_weights}")
+    return 0
+
+
+def train(cfg: Config, *, resume: bool = False) -> TrainResult:
+    """Train as `cfg` says; joins (and leaves) the process group when launched by torchrun."""
+    info = distributed.env_info()
+    device = select_device(cfg.train.device, info)
+    distributed.init(device, info)
+    try:
+        return _train(cfg, resume, info, device)
+    finally:
+        distributed.shutdown()
+
+
+def select_device(name: str, info: distributed.DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"train.device={name} but CUDA is not available (use train.device=cpu)")
+        device = torch.device("cuda", info.local_rank) if name == "cuda" else torch.device(name)
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def build_datasets(cfg: Config, is_main: bool) -> tuple[CocoDataset, CocoDataset | None]:
+    d = cfg.data
+    train_set = CocoDataset(d.train_annotations, d.train_images,
+                            transforms=RandomHorizontalFlip(d.hflip_prob), skip_bad=d.skip_bad)
+    if d.skip_bad:
+        # Find unreadable images now, in this process: skips found later inside DataLoader
+        # workers could not be counted.
+        train_set.verify_images()
+    val_set = CocoDataset(d.val_annotations, d.val_images, skip_bad=d.skip_bad) if d.val_annotations else None
+    return train_set, val_set
+
+
+def build_training_model(cfg: Config, train_set: CocoDataset) -> MaskRCNN:
+    """The preset plus config overrides; classes and their names from the training data."""
+    options = {**PRESETS[cfg.preset], **cfg.model_overrides(),
+               "num_classes": train_set.num_classes + 1, "class_names": train_set.class_names}
+    return build_model(ModelConfig.from_dict(options))
+
+
+def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.device) -> TrainResult:
+    require_data(cfg)
+    s, t = cfg.solver, cfg.train
+    if s.batch_size % info.world_size:
+        raise ConfigError(f"solver.batch_size={s.batch_size} must be divisible by the {info.world_size} processes")
+    per_rank = s.batch_size // info.world_size
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    # Each process gets its own model RNG stream (RPN / RoI sampling); data order is shared.
+    torch.manual_seed(t.seed + info.rank)
+    np.random.seed((t.seed + info.rank) % 2**32)
+    random.seed(t.seed + info.rank)
+    out = Path(t.output_dir)
+    log = print if info.is_main else (lambda *a, **k: None)
+
+    train_set, val_set = build_datasets(cfg, info.is_main)
+    model = build_training_model(cfg, train_set).to(device)
+    optimizer = build_optimizer(model, s)
+    scheduler = LRScheduler(optimizer, s)
+    use_amp = s.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    checkpointer = Checkpointer(out, keep=t.keep_checkpoints)
+
+    start_iter = 0
+    record = checkpointer.latest()
+    if any(distributed.all_gather_object(record is not None and not resume)):
+        raise RuntimeError(f"{out} already holds checkpoints; pass --resume to continue that run, "
+                           "or choose another train.output_dir")
+    if resume and record is not None:
+        state = checkpointer.load(record, model, map_location=device)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_iter = record["iteration"]
+        rng = state["rng"]
+        if len(rng) == info.world_size:
+            restore_rng_state(rng[info.rank])
+        else:
+            log(f"warning: checkpoint saved by {len(rng)} processes, resuming with {info.world_size}: "
+                "the run continues but is not bit-identical to an uninterrupted one", file=sys.stderr)
+        log(f"resumed from {record['model']} at iteration {start_iter}")
+    else:
+        if resume:
+            log(f"no checkpoint in {out}; starting from iteration 0")
+        if cfg.model["weights"]:
+            log(load_initial_weights(model, cfg.model["weights"]))
+
+    train_model: torch.nn.Module = model
+    if info.distributed:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = TrainingSampler(len(train_set), seed=t.seed, rank=info.rank, world_size=info.world_size,
+                              start=start_iter * per_rank)
+    # The loader's own generator: creating its iterator would otherwise draw a worker base seed
+    # from torch's global RNG, shifting the model's RNG stream on every resume.
+    loader_rng = torch.Generator()
+    loader_rng.manual_seed(t.seed)
+    loader = DataLoader(SeededSamples(train_set, t.seed), batch_size=per_rank, sampler=sampler,
+                        num_workers=cfg.data.num_workers, collate_fn=collate_fn, generator=loader_rng,
+                        pin_memory=device.type == "cuda")
+    metrics = MetricsWriter(out, enabled=info.is_main, tensorboard=t.tensorboard)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cfg.to_dict(), out / "config.json")
+        if resume:
+            metrics.truncate_after(start_iter)
+    evaluator = _make_evaluator(train_set, val_set) if val_set is not None else None
+
+    def save_checkpoint(done: int) -> None:
+        rng = distributed.all_gather_object(capture_rng_state())  # every process's RNG
+        if info.is_main:
+            checkpointer.save(done, model, {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng, "world_size": info.world_size,
+                "batch_size": s.batch_size, "seed": t.seed,
+            })
+
+    def evaluate(done: int) -> dict[str, Any]:
+        results = _evaluate(model, val_set, evaluator, t.eval_batch_size, device)
+        if info.is_main and results:
+            metrics.write(done, {f"{iou}/{m}": v for iou, r in results.items() for m, v in r.items() if m != "per_class"})
+            log(f"iteration {done}: " + ", ".join(f"{iou} AP {r['AP']:.3f} AP50 {r['AP50']:.3f}" for iou, r in results.items()))
+        return results
+
+    log(f"training {cfg.preset} on {len(train_set)} images, {train_set.num_classes} classes, "
+        f"batch {s.batch_size} on {info.world_size} x {device.type}, iterations {start_iter}..{s.max_iter}")
+    train_model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(total=s.max_iter, initial=start_iter, desc="train", disable=not (info.is_main and t.progress),
+               dynamic_ncols=True, mininterval=1.0)
+    window: dict[str, float] = {}  # loss sums since the last metrics record
+    window_count = 0
+    window_start = time.perf_counter()
+    data_iter = iter(loader)
+    eval_results: dict[str, Any] = {}
+    for it in range(start_iter, s.max_iter):
+        done = it + 1  # iterations completed after this step; checkpoints and logs use it
+        images, targets = next(data_iter)
+        images = [img.to(device, non_blocking=True) for img in images]
+        targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in tg.items()}
+                   for tg in targets]
+
+        with torch.autocast(device_type=device.type, dtype=torch.float16) if use_amp else nullcontext():
+            losses = train_model(images, targets).losses
+        loss = sum(losses.values())
+
+        # NaN guard, before backward so no bad gradient reaches the weights. The mean over
+        # processes is NaN everywhere if it is NaN anywhere, so all processes stop together.
+        values = distributed.all_reduce_mean(torch.stack([v.detach().float() for v in losses.values()]))
+        if not torch.isfinite(values).all():
+            bar.close()
+            metrics.close()
+            raise NonFiniteLossError(_nan_message(done, dict(zip(losses, values.tolist())), checkpointer))
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        grad_norm = None
+        if s.clip_grad_norm is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm))
+        scaler.step(optimizer)
+        scaler.update()
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step used
+        scheduler.step()
+
+        bar.update(1)
+        if info.is_main:
+            for k, v in zip(losses, values.tolist()):
+                window[k] = window.get(k, 0.0) + v
+            window["loss"] = window.get("loss", 0.0) + float(values.sum())
+            window_count += 1
+            if done % t.log_period == 0 or done == s.max_iter:
+                elapsed = time.perf_counter() - window_start
+                record = {k: v / window_count for k, v in window.items()}
+                record.update(lr=lr, time=elapsed / window_count,
+                              eta_seconds=elapsed / window_count * (s.max_iter - done))
+                if grad_norm is not None:
+                    record["grad_norm"] = grad_norm
+                metrics.write(done, record)
+                bar.set_postfix_str(f"loss {record['loss']:.3f} mask {record.get('loss_mask', 0):.3f} lr {lr:.2g}")
+                window, window_count, window_start = {}, 0, time.perf_counter()
+        if done % t.checkpoint_period == 0 or done == s.max_iter:
+            save_checkpoint(done)
+        if evaluator is not None and t.eval_period and done % t.eval_period == 0 and done != s.max_iter:
+            eval_results = evaluate(done)
+    bar.close()
+
+    final_weights = None
+    if info.is_main:
+        final_weights = save_model(model, out / "model_final.safetensors", extra={"iteration": s.max_iter})
+    if evaluator is not None:
+        eval_results = evaluate(s.max_iter)
+        if info.is_main and eval_results:
+            write_json_atomic(eval_results, out / "eval_final.json")
+    skipped = len(train_set.skipped)
+    if cfg.data.skip_bad:
+        log(f"skipped {skipped} bad images/annotations" + (f" (listed in {out / 'skipped.json'})" if skipped else ""))
+        if info.is_main and skipped:
+            write_json_atomic([{"item": w, "reason": r} for w, r in train_set.skipped], out / "skipped.json")
+    metrics.close()
+    return TrainResult(model=model, iteration=s.max_iter, output_dir=out, final_weights=final_weights,
+                       eval_results=eval_results, skipped=skipped)
+
+
+def _nan_message(iteration: int, values: dict[str, float], checkpointer: Checkpointer) -> str:
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+    bad = ", ".join(k for k, v in values.items() if not np.isfinite(v))
+    record = checkpointer.latest()
+    where = (f"the last good checkpoint is {record['model']} (iteration {record['iteration']}), unchanged; "
+             "continue from it with --resume") if record else "no checkpoint had been written yet"
+    return (f"non-finite loss at iteration {iteration} ({bad} not finite): {terms}. Training stopped; {where}. "
+            "Usual causes: a learning rate too high for the batch size (lower solver.base_lr or lengthen "
+            "solver.warmup_iters), no gradient clipping (set solver.clip_grad_norm), or bad annotations.")
+
+
+def _make_evaluator(train_set: CocoDataset, val_set: CocoDataset):
+    from ..evaluation import COCOEvaluator
+
+    # The model's labels are the training set's; the validation set must share its categories.
+    if val_set.category_ids != train_set.category_ids:
+        raise ConfigError(f"{val_set.annotation_file} has categories {val_set.category_ids} but the training "
+                          f"data {train_set.annotation_file} has {train_set.category_ids}")
+    return COCOEvaluator(val_set.annotation_file, label_to_category_id=train_set.label_to_category_id,
+                         class_names=train_set.class_names)
+
+
+def _evaluate(model: MaskRCNN, val_set: CocoDataset, evaluator, batch_size: int, device: torch.device) -> dict:
+    from ..evaluation.evaluate import run_evaluation
+
+    return run_evaluation(model, val_set, evaluator, batch_size=batch_size, device=device)

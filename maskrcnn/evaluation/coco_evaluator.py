@@ -1,0 +1,173 @@
+"""COCO box and mask AP through pycocotools, as `reset / process / evaluate` (detectron2's
+`COCOEvaluator` shape).
+
+    evaluator = COCOEvaluator("val/annotations.json", label_to_category_id=ds.label_to_category_id,
+                              class_names=ds.class_names)
+    for images, targets in loader:
+        evaluator.process(targets, model(images).detections)
+    results = evaluator.evaluate()   # {"bbox": {"AP": .., "AP50": .., ..., "per_class": {..}}, "segm": {..}}
+
+Numbers are pycocotools' own, as fractions in [0, 1] (COCOeval.stats[0:6]); -1 is what
+pycocotools reports when no ground truth falls in a category or size range. Only the images
+passed to `process` are evaluated, so a subset (or one process's shard) is evaluated correctly.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ..engine import distributed
+from ..inference.outputs import to_coco_results
+from ..structures import Detections
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def load_coco_gt(source: str | Path | dict | COCO) -> COCO:
+    """pycocotools COCO from a path, a parsed dict or a COCO object, without its prints."""
+    if isinstance(source, COCO):
+        return source
+    coco = COCO()
+    if isinstance(source, (str, Path)):
+        with open(source) as f:
+            coco.dataset = json.load(f)
+    else:
+        coco.dataset = copy.deepcopy(source)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class COCOEvaluator:
+    """Accumulates detections as COCO results and runs COCOeval for each IoU type.
+
+    Args:
+        coco_gt: annotation JSON path, dict, or pycocotools COCO.
+        label_to_category_id: model label (1..C) -> COCO category id; None: labels are ids.
+        class_names: name per label (index 0 is label 1), for the per-class table; default:
+            the GT categories' names.
+        iou_types: "bbox" and/or "segm".
+        mask_threshold: pasted mask probabilities >= this are foreground.
+    """
+
+    def __init__(
+        self,
+        coco_gt: str | Path | dict | COCO,
+        *,
+        label_to_category_id: Mapping[int, int] | None = None,
+        class_names: Sequence[str] | None = None,
+        iou_types: Iterable[str] = ("bbox", "segm"),
+        mask_threshold: float = 0.5,
+    ):
+        self.coco_gt = load_coco_gt(coco_gt)
+        self.iou_types = tuple(iou_types)
+        unknown = [t for t in self.iou_types if t not in ("bbox", "segm")]
+        if unknown:
+            raise ValueError(f"unknown IoU type(s) {unknown}; use 'bbox' and/or 'segm'")
+        self.label_to_category_id = dict(label_to_category_id) if label_to_category_id is not None else None
+        self.class_names = list(class_names) if class_names is not None else None
+        self.mask_threshold = mask_threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self._results: list[dict] = []
+        self._image_ids: set[int] = set()
+
+    def process(self, inputs: Sequence[Mapping[str, Any] | int], outputs: Sequence[Detections]) -> None:
+        """inputs: one target dict with "image_id" (or the id itself) per image; outputs: the
+        model's `Detections` for the same images, in original image coordinates."""
+        if len(inputs) != len(outputs):
+            raise ValueError(f"got {len(inputs)} inputs but {len(outputs)} outputs")
+        for item, det in zip(inputs, outputs):
+            image_id = int(item["image_id"] if isinstance(item, Mapping) else item)
+            self._image_ids.add(image_id)
+            det = det.to("cpu")
+            masks = det.masks if "segm" in self.iou_types else None
+            if masks is None and "segm" in self.iou_types:
+                raise ValueError("segm evaluation needs masks: run the model with paste_masks=True")
+            self._results.extend(to_coco_results(
+                image_id, det.boxes, det.scores, det.labels, masks,
+                category_ids=self.label_to_category_id, mask_threshold=self.mask_threshold,
+            ))
+
+    @property
+    def results(self) -> list[dict]:
+        """COCO results entries so far (the format of COCO's results JSON)."""
+        return self._results
+
+    def evaluate(self) -> dict[str, dict[str, Any]]:
+        """Run COCOeval. With several processes, every process must call this; results are
+        gathered and evaluated on rank 0, the others get {}."""
+        gathered = distributed.all_gather_object((self._results, sorted(self._image_ids)))
+        if distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return {}
+        results = [r for part, _ in gathered for r in part]
+        image_ids = sorted({i for _, ids in gathered for i in ids})
+        return {t: evaluate_results(self.coco_gt, results, t, image_ids, self.class_names) for t in self.iou_types}
+
+
+def evaluate_results(
+    coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list[int] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """COCOeval on one IoU type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}."""
+    cat_ids = sorted(coco_gt.getCatIds())
+    names = list(class_names) if class_names is not None and len(class_names) == len(cat_ids) else \
+        [coco_gt.cats[c].get("name", str(c)) for c in cat_ids]
+    if iou_type == "segm":
+        # loadRes takes a result's area from its bbox when one is present; the mask's own area
+        # is what the small/medium/large split of segm AP must use (detectron2 does the same).
+        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+    if not results:
+        # pycocotools cannot load an empty result list; with no detections every AP is 0
+        # (or -1 where there is no ground truth to find, as COCOeval reports it).
+        has_gt = len(coco_gt.getAnnIds(imgIds=image_ids if image_ids else [], iscrowd=False)) > 0
+        value = 0.0 if has_gt else -1.0
+        return {**{m: value for m in METRICS}, "per_class": {n: value for n in names}}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco_dt = coco_gt.loadRes(results)
+        coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+        if image_ids is not None:
+            coco_eval.params.imgIds = list(image_ids)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    out: dict[str, Any] = {m: float(coco_eval.stats[i]) for i, m in enumerate(METRICS)}
+    # precision: (IoU thresholds, recall thresholds, classes, area ranges, max dets);
+    # area "all" is index 0 and maxDets 100 is the last.
+    precision = coco_eval.eval["precision"]
+    per_class = {}
+    for k, name in enumerate(names):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        per_class[name] = float(np.mean(p)) if p.size else -1.0
+    out["per_class"] = per_class
+    return out
+
+
+def format_results(results: dict[str, dict[str, Any]]) -> str:
+    """The summary table and a per-class AP table, as printed by `maskrcnn eval`."""
+    def cell(v: float) -> str:
+        return "    -" if v is None or v < 0 or math.isnan(v) else f"{v:.3f}"
+
+    types = list(results)
+    lines = [f"{'':6}" + "".join(f"{m:>8}" for m in METRICS)]
+    for t in types:
+        lines.append(f"{t:6}" + "".join(f"{cell(results[t][m]):>8}" for m in METRICS))
+    names = list(next(iter(results.values()))["per_class"]) if results else []
+    if names:
+        width = max(12, max(len(n) for n in names) + 2)
+        lines += ["", f"{'per-class AP':{width}}" + "".join(f"{t:>8}" for t in types)]
+        for n in names:
+            lines.append(f"{n:{width}}" + "".join(f"{cell(results[t]['per_class'][n]):>8}" for t in types))
+    return "\n".join(lines)
