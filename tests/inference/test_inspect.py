@@ -1,0 +1,48 @@
+"""`maskrcnn inspect` on a synthetic COCO dataset: the four PNGs and their counts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from maskrcnn.cli import main as cli_main
+from maskrcnn.data import generate_shapes_dataset
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    ann = generate_shapes_dataset(root, 2, image_size=(96, 96), seed=0, empty_fraction=0.0)
+    return ann, root / "images"
+
+
+def test_inspect_writes_the_four_images(shapes, tmp_path, capsys):
+    ann, images = shapes
+    out = tmp_path / "inspect"
+    code = cli_main(["inspect", "--data", str(ann), "--images", str(images), "--image-id", "2",
+                     "--preset", "maskrcnn_resnet18_small", "--out", str(out), "--max-masks", "8"])
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["image_id"] == 2
+    h, w = stats["resized_size"]  # the small preset resizes the short side to 256
+    assert (h, w) == (256, 256)
+    for name in ("anchors.png", "proposals.png", "rois.png"):
+        assert Image.open(out / name).size == (w, h)
+    # P2..P6, 3 aspect ratios per location; every gt has at least one positive anchor
+    assert [a["count"] for a in stats["anchors"]] == [64 * 64 * 3, 32 * 32 * 3, 16 * 16 * 3, 8 * 8 * 3, 4 * 4 * 3]
+    assert sum(a["positive"] for a in stats["anchors"]) >= stats["gt"] > 0
+    rois = stats["rois"]
+    assert rois["positive"] >= stats["gt"]  # the gt boxes themselves are sampled as positives
+    assert rois["positive"] + rois["negative"] == rois["sampled"] <= 512
+    assert rois["positive"] <= 128  # 25 % of 512
+    assert stats["mask_targets"] == min(8, rois["positive"])
+    sheet = Image.open(out / "mask_targets.png")
+    assert sheet.width > 4 * 84 * 2  # four (crop | target) pairs per row
+
+
+def test_unknown_image_id(shapes, tmp_path, capsys):
+    ann, images = shapes
+    code = cli_main(["inspect", "--data", str(ann), "--images", str(images), "--image-id", "99",
+                     "--preset", "maskrcnn_resnet18_small", "--out", str(tmp_path)])
+    assert code == 2 and "image id 99 is not in" in capsys.readouterr().err
