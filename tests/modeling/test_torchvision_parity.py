@@ -1,0 +1,139 @@
+"""Our model on torchvision's checkpoints reproduces torchvision's own outputs.
+
+The weights are rebuilt from the fixtures' recipe (checked against the stored SHA-256 of every
+tensor), loaded with `from_torchvision`, and run on coffee.png; the acceptance limits are the
+ones the fixture README suggests for an independent float32 implementation.
+"""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import maskrcnn
+from maskrcnn.checkpoint.seeded import seeded_state_dict
+from maskrcnn.ops import box_iou
+
+from testing_utils import PARITY, load_coffee, parity_keys
+
+SCORE_THRESH = {"v1": 0.34, "v2": 0.27}  # the fixtures' box_score_thresh
+LEVELS = ["0", "1", "2", "3", "pool"]
+
+
+def recipe_state_dict(variant: str) -> dict:
+    state = seeded_state_dict(parity_keys(variant))
+    checksums = json.loads((PARITY / f"{variant}_checksums.json").read_text())
+    assert set(state) == set(checksums)
+    for key, tensor in state.items():
+        digest = hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
+        assert digest == checksums[key]["sha256"], f"recipe tensor {key} differs from the fixture's"
+    return state
+
+
+def run_stages(model, images):
+    """Everything the fixture records, from one pass through the model's stages."""
+    with torch.no_grad():
+        image_list, _ = model.transform(images)
+        features = model.backbone(image_list.tensor)
+        proposals, _ = model.rpn(image_list, features)
+        roi_features = features[:4]
+        results = model.roi_heads.detect(roi_features, proposals, image_list.image_sizes)
+        logits = model.roi_heads.mask_logits(roi_features, [r[0] for r in results], torch.cat([r[2] for r in results]))
+        detections = [
+            model.to_original_size(r, resized, tuple(img.shape[-2:]), paste=True)
+            for r, resized, img in zip(results, image_list.image_sizes, images)
+        ]
+    counts = [len(d) for d in detections]
+    return {
+        "image_list": image_list,
+        "features": features,
+        "proposals": proposals,
+        "detections": detections,
+        "mask_logits": logits.split(counts),
+    }
+
+
+def match_detections(ref_boxes, ref_labels, boxes, labels):
+    """Index of our detection for each reference one: same label, highest IoU."""
+    iou = box_iou(ref_boxes, boxes)
+    iou[ref_labels[:, None] != labels[None, :]] = -1
+    best = iou.max(dim=1)
+    assert (best.values > 0.9).all(), f"unmatched reference detections: {torch.nonzero(best.values <= 0.9).flatten().tolist()}"
+    assert best.indices.unique().numel() == best.indices.numel(), "two reference detections matched one of ours"
+    return best.indices
+
+
+def check_against_fixture(ref, out, index: int = 0):
+    det = out["detections"][index]
+    ref_boxes = torch.from_numpy(ref["boxes"])
+    ref_labels = torch.from_numpy(ref["labels"])
+    assert len(det) == len(ref_boxes)
+    assert sorted(det.labels.tolist()) == sorted(ref_labels.tolist())
+    m = match_detections(ref_boxes, ref_labels, det.boxes, det.labels)
+    torch.testing.assert_close(det.boxes[m], ref_boxes, atol=1e-2, rtol=0)
+    torch.testing.assert_close(det.scores[m], torch.from_numpy(ref["scores"]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["mask_logits"][index][m], torch.from_numpy(ref["mask_logits28"]), atol=2e-3, rtol=0)
+    masks_u8 = torch.round(det.masks[m] * 255)
+    assert (masks_u8 - torch.from_numpy(ref["masks"]).float()).abs().max() <= 2
+
+    # Proposals as a set: >= 995 of 1000 have a counterpart within 0.05 px in every coordinate.
+    ours = out["proposals"][index]
+    theirs = torch.from_numpy(ref["proposals"])
+    assert ours.shape == theirs.shape
+    nearest = (theirs[:, None, :] - ours[None, :, :]).abs().amax(dim=2).amin(dim=1)
+    assert (nearest <= 0.05).sum() >= 995
+
+    assert list(out["image_list"].image_sizes[index]) == ref["resized_size"].tolist()
+    for level, feature in zip(LEVELS, out["features"]):
+        f = feature[index].double()
+        assert list(feature.shape[1:]) == ref[f"feat_{level}_shape"].tolist()[1:]
+        std = ref[f"feat_{level}_std"][0]
+        assert abs(f.mean().item() - ref[f"feat_{level}_mean"][0]) <= 1e-6 * std
+        assert abs(f.std(unbiased=False).item() / std - 1) <= 1e-6
+        chanmean = f.mean(dim=(1, 2)).numpy()
+        assert np.abs(chanmean - ref[f"feat_{level}_chanmean"][0]).max() <= 1e-5 * std
+
+
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def parity_model(request):
+    variant = request.param
+    model = maskrcnn.from_torchvision(recipe_state_dict(variant), variant=variant, box_score_thresh=SCORE_THRESH[variant])
+    return variant, model, np.load(PARITY / f"{variant}_coffee.npz")
+
+
+def test_single_image_matches_torchvision(parity_model):
+    variant, model, ref = parity_model
+    out = run_stages(model, [load_coffee()])
+    assert list(out["image_list"].tensor.shape) == ref["batch_shape"].tolist()
+    check_against_fixture(ref, out)
+
+
+def test_batch_of_different_sizes_matches_torchvision(parity_model):
+    """coffee.png in a batch with smaller images still gives the fixture's outputs, and each
+    other image gets what it gets alone (all pad to the same 800 x 1216 batch)."""
+    variant, model, ref = parity_model
+    coffee = load_coffee()
+    others = [coffee[:, 7:397, 11:590].flip(-1).contiguous(), coffee[:, :300, 100:540].contiguous()]
+    out = run_stages(model, [others[0], coffee, others[1]])
+    assert list(out["image_list"].tensor.shape) == [3, 3, 800, 1216]
+    check_against_fixture(ref, out, index=1)
+    for index, image in zip((0, 2), others):
+        alone = run_stages(model, [image])["detections"][0]
+        batched = out["detections"][index]
+        assert len(batched) == len(alone) > 0
+        m = match_detections(alone.boxes, alone.labels, batched.boxes, batched.labels)
+        torch.testing.assert_close(batched.boxes[m], alone.boxes, atol=1e-2, rtol=0)
+        torch.testing.assert_close(batched.scores[m], alone.scores, atol=1e-4, rtol=0)
+        torch.testing.assert_close(batched.masks[m], alone.masks, atol=2 / 255, rtol=0)
+
+
+def test_public_call_returns_torchvision_fields(parity_model):
+    variant, model, ref = parity_model
+    image = load_coffee()
+    det = model([image]).detections[0]
+    assert det.boxes.dtype == torch.float32 and det.boxes.shape[1] == 4
+    assert det.labels.dtype == torch.int64
+    assert det.masks.shape == (len(det), *image.shape[-2:])
+    assert len(det) == len(ref["boxes"])
+    assert torch.equal(det["labels"], det.labels)  # dict-style access for torchvision users
