@@ -64,8 +64,9 @@ def match_detections(ref_boxes, ref_labels, boxes, labels):
     return best.indices
 
 
-def check_against_fixture(ref, out, index: int = 0):
-    det = out["detections"][index]
+def check_detections(ref, det):
+    """Same count and labels; matched by label and IoU, boxes, scores and masks within limits.
+    Returns the matching, for checks on other per-detection outputs."""
     ref_boxes = torch.from_numpy(ref["boxes"])
     ref_labels = torch.from_numpy(ref["labels"])
     assert len(det) == len(ref_boxes)
@@ -73,21 +74,27 @@ def check_against_fixture(ref, out, index: int = 0):
     m = match_detections(ref_boxes, ref_labels, det.boxes, det.labels)
     torch.testing.assert_close(det.boxes[m], ref_boxes, atol=1e-2, rtol=0)
     torch.testing.assert_close(det.scores[m], torch.from_numpy(ref["scores"]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(out["mask_logits"][index][m], torch.from_numpy(ref["mask_logits28"]), atol=2e-3, rtol=0)
     masks_u8 = torch.round(det.masks[m] * 255)
     assert (masks_u8 - torch.from_numpy(ref["masks"]).float()).abs().max() <= 2
+    return m
+
+
+def check_internals(ref, out, m):
+    """Mask logits, proposals, resized size and FPN statistics of a single-image run."""
+    torch.testing.assert_close(out["mask_logits"][0][m], torch.from_numpy(ref["mask_logits28"]), atol=2e-3, rtol=0)
 
     # Proposals as a set: >= 995 of 1000 have a counterpart within 0.05 px in every coordinate.
-    ours = out["proposals"][index]
+    ours = out["proposals"][0]
     theirs = torch.from_numpy(ref["proposals"])
     assert ours.shape == theirs.shape
     nearest = (theirs[:, None, :] - ours[None, :, :]).abs().amax(dim=2).amin(dim=1)
     assert (nearest <= 0.05).sum() >= 995
 
-    assert list(out["image_list"].image_sizes[index]) == ref["resized_size"].tolist()
+    assert list(out["image_list"].image_sizes[0]) == ref["resized_size"].tolist()
+    assert list(out["image_list"].tensor.shape) == ref["batch_shape"].tolist()
     for level, feature in zip(LEVELS, out["features"]):
-        f = feature[index].double()
-        assert list(feature.shape[1:]) == ref[f"feat_{level}_shape"].tolist()[1:]
+        f = feature[0].double()
+        assert list(feature.shape) == ref[f"feat_{level}_shape"].tolist()
         std = ref[f"feat_{level}_std"][0]
         assert abs(f.mean().item() - ref[f"feat_{level}_mean"][0]) <= 1e-6 * std
         assert abs(f.std(unbiased=False).item() / std - 1) <= 1e-6
@@ -105,35 +112,27 @@ def parity_model(request):
 def test_single_image_matches_torchvision(parity_model):
     variant, model, ref = parity_model
     out = run_stages(model, [load_coffee()])
-    assert list(out["image_list"].tensor.shape) == ref["batch_shape"].tolist()
-    check_against_fixture(ref, out)
+    m = check_detections(ref, out["detections"][0])
+    check_internals(ref, out, m)
 
 
 def test_batch_of_different_sizes_matches_torchvision(parity_model):
-    """coffee.png in a batch with smaller images still gives the fixture's outputs, and each
-    other image gets what it gets alone (all pad to the same 800 x 1216 batch)."""
+    """The public call on a batch: coffee.png beside a smaller image still gives the fixture's
+    detections, and the other image gets what it gets alone (both pad to 800 x 1216)."""
     variant, model, ref = parity_model
     coffee = load_coffee()
-    others = [coffee[:, 7:397, 11:590].flip(-1).contiguous(), coffee[:, :300, 100:540].contiguous()]
-    out = run_stages(model, [others[0], coffee, others[1]])
-    assert list(out["image_list"].tensor.shape) == [3, 3, 800, 1216]
-    check_against_fixture(ref, out, index=1)
-    for index, image in zip((0, 2), others):
-        alone = run_stages(model, [image])["detections"][0]
-        batched = out["detections"][index]
-        assert len(batched) == len(alone) > 0
-        m = match_detections(alone.boxes, alone.labels, batched.boxes, batched.labels)
-        torch.testing.assert_close(batched.boxes[m], alone.boxes, atol=1e-2, rtol=0)
-        torch.testing.assert_close(batched.scores[m], alone.scores, atol=1e-4, rtol=0)
-        torch.testing.assert_close(batched.masks[m], alone.masks, atol=2 / 255, rtol=0)
-
-
-def test_public_call_returns_torchvision_fields(parity_model):
-    variant, model, ref = parity_model
-    image = load_coffee()
-    det = model([image]).detections[0]
-    assert det.boxes.dtype == torch.float32 and det.boxes.shape[1] == 4
-    assert det.labels.dtype == torch.int64
-    assert det.masks.shape == (len(det), *image.shape[-2:])
-    assert len(det) == len(ref["boxes"])
+    other = coffee[:, 7:397, 11:590].flip(-1).contiguous()  # 390 x 579 -> 800 x 1187
+    with torch.no_grad():
+        batched = model([other, coffee]).detections
+        alone = model([other]).detections[0]
+    det = batched[1]
+    assert det.boxes.dtype == torch.float32 and det.labels.dtype == torch.int64
+    assert det.masks.shape == (len(det), *coffee.shape[-2:])
     assert torch.equal(det["labels"], det.labels)  # dict-style access for torchvision users
+    check_detections(ref, det)
+
+    assert len(batched[0]) == len(alone) > 0
+    m = match_detections(alone.boxes, alone.labels, batched[0].boxes, batched[0].labels)
+    torch.testing.assert_close(batched[0].boxes[m], alone.boxes, atol=1e-2, rtol=0)
+    torch.testing.assert_close(batched[0].scores[m], alone.scores, atol=1e-4, rtol=0)
+    torch.testing.assert_close(batched[0].masks[m], alone.masks, atol=2 / 255, rtol=0)
