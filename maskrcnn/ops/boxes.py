@@ -37,7 +37,8 @@ def box_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 
 def box_ioa(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Intersection over the area of boxes1: (R1, 4), (R2, 4) -> (R1, R2). Used for crowd regions."""
+    """Intersection over the area of boxes1: (R1, 4), (R2, 4) -> (R1, R2). Used for crowd regions.
+    The area is clamped at 1e-6, so a zero-area box gives 0 rather than NaN."""
     return box_intersection(boxes1, boxes2) / box_area(boxes1).clamp(min=1e-6)[:, None]
 
 

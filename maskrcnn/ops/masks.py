@@ -32,9 +32,11 @@ def _resize_weights(dst_start: Tensor, dst_len: Tensor, src_len: int, size: int)
 def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1) -> Tensor:
     """Paste (R, M, M) mask probabilities into (R, H, W) images, inside their (R, 4) boxes.
 
-    torchvision's rule: pad the mask by `padding` cells, grow the box by the same factor, round
-    the box to integers, and resize the mask bilinearly onto that integer box. Done for all
-    masks at once as two small matrix products per mask (the resize is separable).
+    torchvision's rule: pad the mask by `padding` cells, grow the box about its center by the same
+    factor (M + 2 * padding) / M, truncate its corners to integers (x0, y0, x1, y1), and resize
+    the mask bilinearly (align_corners=False) onto the (y1 - y0 + 1) x (x1 - x0 + 1) pixels from
+    (x0, y0), clipped to the image. Done for all masks at once as two small matrix products per
+    mask (the resize is separable).
     """
     height, width = image_size
     num, m = masks.shape[0], masks.shape[-1]
@@ -42,7 +44,9 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], paddi
         return masks.new_zeros((0, height, width))
     masks = F.pad(masks, (padding,) * 4)
     scale = float(m + 2 * padding) / m
-    boxes = boxes.to(torch.float32)
+    if not boxes.is_floating_point():
+        boxes = boxes.to(torch.float32)
+    # the box arithmetic stays in the boxes' dtype, as torchvision's, so truncation agrees
     w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
     h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
     x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5

@@ -4,8 +4,9 @@ Greedy NMS keeps box i (in descending score order) unless an earlier *kept* box 
 more than the threshold. With S[j, i] = "j comes before i and IoU(j, i) > t", the kept set K is
 the unique fixed point of K[i] = not any_j(S[j, i] and K[j]): K[0] is always kept, and K[i]
 depends only on K[j < i]. Iterating from "keep everything" settles the first t boxes after t
-steps, and in practice converges in a handful of matrix steps, because suppression chains are
-short. The result is exactly torchvision's greedy NMS (stable sort, IoU as
+steps, and usually converges in a handful of matrix steps, because suppression chains are
+short; to bound the worst case (a chain as long as the input) it is done block by block, see
+`_greedy_keep`. The result is exactly torchvision's greedy NMS (stable sort, IoU as
 inter / ((area_i + area_j) - inter) in the boxes' dtype, drop when IoU > threshold compared in
 double precision).
 """
@@ -17,6 +18,10 @@ from torch import Tensor
 from .boxes import box_iou
 
 
+# Boxes settled together by `_greedy_keep`.
+_BLOCK = 256
+
+
 def _threshold_for_dtype(iou_threshold: float, dtype: torch.dtype) -> float:
     """The largest value t of `dtype` with t <= iou_threshold, so `iou > t` in that dtype equals
     `iou > iou_threshold` done in double precision."""
@@ -26,17 +31,36 @@ def _threshold_for_dtype(iou_threshold: float, dtype: torch.dtype) -> float:
     return t.item()
 
 
-def _greedy_keep(suppresses: Tensor) -> Tensor:
+def _greedy_keep(suppresses: Tensor, block: int | None = None) -> Tensor:
     """suppresses: bool (..., R, R), [j, i] true when j is ranked before i and overlaps it.
-    Returns the bool (..., R) greedy keep mask."""
-    keep = torch.ones(suppresses.shape[:-1], dtype=torch.bool, device=suppresses.device)
-    while True:
-        # box i is suppressed if any currently kept box j suppresses it
-        suppressed = (suppresses & keep.unsqueeze(-1)).any(dim=-2)
-        new_keep = ~suppressed
-        if torch.equal(new_keep, keep):
-            return keep
-        keep = new_keep
+    Returns the bool (..., R) greedy keep mask.
+
+    Blocks of `block` boxes are settled in rank order: first every box of the block that a kept
+    box of an earlier block suppresses is dropped (one matrix product), then the block's own
+    fixed point is iterated from "keep the rest". A block settles in at most `block` + 1 steps,
+    so a long suppression chain costs O(R * block^2), not O(R^3) as one global iteration would.
+    The "any kept j suppresses i" tests are 0/1 matrix products (exact: counts far below 2^24).
+    """
+    block = block or _BLOCK
+    s = suppresses.to(torch.float32)
+    num = s.shape[-1]
+    keep = torch.ones(s.shape[:-1], dtype=torch.float32, device=s.device)
+    for start in range(0, num, block):
+        # A loop over blocks of ranked boxes (R / block steps), not over boxes.
+        end = min(start + block, num)
+        allowed = torch.ones_like(keep[..., start:end], dtype=torch.bool)
+        if start > 0:
+            allowed = (keep[..., None, :start] @ s[..., :start, start:end])[..., 0, :] == 0
+        local = s[..., start:end, start:end]
+        block_keep = allowed.to(torch.float32)
+        while True:
+            hit = (block_keep[..., None, :] @ local)[..., 0, :] > 0
+            new_keep = (allowed & ~hit).to(torch.float32)
+            if torch.equal(new_keep, block_keep):
+                break
+            block_keep = new_keep
+        keep[..., start:end] = block_keep
+    return keep.bool()
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

@@ -12,7 +12,7 @@ Conventions (both supported):
         between pixel centers; no minimum size.
 sampling_ratio > 0 takes that many samples per bin side; 0 (or negative) takes
 ceil(roi_size / output_size) samples, per RoI, and a RoI for which that is <= 0 (an empty or
-inverted box with aligned=True) pools to 0.
+inverted box with aligned=True, or a non-finite box) pools to 0.
 """
 from __future__ import annotations
 
@@ -63,9 +63,13 @@ def roi_align(
         grid_w = torch.full_like(roi_w, sampling_ratio)
     else:
         # Not clamped: an empty or inverted box (possible with aligned=True) gets an empty grid
-        # and pools to 0, as in torchvision's kernels.
+        # and pools to 0, as in torchvision's kernels. So does a box with a NaN or infinite
+        # coordinate (from NaN features upstream) instead of crashing int() below.
         grid_h = torch.ceil(roi_h / ph)
         grid_w = torch.ceil(roi_w / pw)
+        finite = torch.isfinite(grid_h) & torch.isfinite(grid_w)
+        grid_h = torch.where(finite, grid_h, torch.zeros_like(grid_h))
+        grid_w = torch.where(finite, grid_w, torch.zeros_like(grid_w))
     max_grid_h = max(int(grid_h.max()), 1) if sampling_ratio <= 0 else sampling_ratio
     max_grid_w = max(int(grid_w.max()), 1) if sampling_ratio <= 0 else sampling_ratio
 
@@ -83,8 +87,10 @@ def roi_align(
     weight_y = ((ys >= -1.0) & (ys <= height) & (iy < grid_h[:, None, None])).to(features.dtype)
     weight_x = ((xs >= -1.0) & (xs <= width) & (ix < grid_w[:, None, None])).to(features.dtype)
     # grid_sample with align_corners=True maps -1 / +1 to the first / last cell center.
-    gy = ys / max(height - 1, 1) * 2 - 1
-    gx = xs / max(width - 1, 1) * 2 - 1
+    # Samples that do not count read the map's center instead, so that a NaN coordinate never
+    # reaches grid_sample (0 * NaN would poison the sum).
+    gy = torch.where(weight_y > 0, ys / max(height - 1, 1) * 2 - 1, torch.zeros_like(ys))
+    gx = torch.where(weight_x > 0, xs / max(width - 1, 1) * 2 - 1, torch.zeros_like(xs))
     # samples per bin; an empty grid divides by 1 (its sum is 0)
     count = (grid_h.clamp(min=0) * grid_w.clamp(min=0)).clamp(min=1)[:, None, None, None]
 
@@ -118,13 +124,24 @@ def roi_align(
     return out
 
 
+def _round_half_away(values: Tensor) -> Tensor:
+    """C's round(): to the nearest integer, halves away from zero (2.5 -> 3, -0.5 -> -1), as int64.
+    torch.round rounds halves to even, which moves box corners on half-integers. Exact: the
+    fractional part v - trunc(v) is computed without rounding error."""
+    whole = torch.trunc(values)
+    up = (values - whole).abs() >= 0.5
+    return torch.where(up, whole + torch.sign(values), whole).long()
+
+
 def roi_pool(
     features: Tensor,
     rois: Tensor,
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
 ) -> Tensor:
-    """Max pooling over quantized bins (Fast R-CNN's RoIPool), torchvision's rounding rules.
+    """Max pooling over quantized bins (Fast R-CNN's RoIPool), torchvision's rounding rules: box
+    corners scaled and rounded half away from zero, a box at least 1x1 cell (end - start + 1),
+    bin b covering cells floor(b * size / n) .. ceil((b + 1) * size / n) - 1, clipped to the map.
     features (N, C, H, W); rois (R, 5) -> (R, C, ph, pw). Empty bins give 0."""
     ph, pw = _pair(output_size)
     num_rois = rois.shape[0]
@@ -132,10 +149,10 @@ def roi_pool(
     if num_rois == 0:
         return features.new_zeros((0, channels, ph, pw))
     rois = rois.to(features.dtype)
-    start_w = torch.round(rois[:, 1] * spatial_scale).long()
-    start_h = torch.round(rois[:, 2] * spatial_scale).long()
-    end_w = torch.round(rois[:, 3] * spatial_scale).long()
-    end_h = torch.round(rois[:, 4] * spatial_scale).long()
+    start_w = _round_half_away(rois[:, 1] * spatial_scale)
+    start_h = _round_half_away(rois[:, 2] * spatial_scale)
+    end_w = _round_half_away(rois[:, 3] * spatial_scale)
+    end_h = _round_half_away(rois[:, 4] * spatial_scale)
     roi_w = (end_w - start_w + 1).clamp(min=1).to(features.dtype)
     roi_h = (end_h - start_h + 1).clamp(min=1).to(features.dtype)
 

@@ -71,6 +71,15 @@ def random_scores(n, seed, dtype, levels=None):
     return (torch.randint(0, levels, (n,), generator=g).to(torch.float64) / levels).to(dtype)
 
 
+@pytest.fixture(autouse=True, params=["default_block", "block_7"])
+def nms_block(request, monkeypatch):
+    """Runs every test twice: with the default block size of the greedy pass, and with blocks of
+    7 boxes, so that the inputs here (up to a few hundred boxes) cross many block boundaries."""
+    if request.param == "block_7":
+        monkeypatch.setattr(nms_module, "_BLOCK", 7)
+    return request.param
+
+
 @pytest.fixture
 def count_padded_path(monkeypatch):
     """Counts calls to the padded per-group layout of batched_nms."""

@@ -1,5 +1,6 @@
 """RoIAlign and RoIPool against loop transcriptions of torchvision's compiled CPU kernels,
 a hand-computed grid in both conventions, and float64 gradcheck."""
+import importlib
 import math
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 from maskrcnn.ops import roi_align, roi_pool
 
 DTYPES = [torch.float32, torch.float64]
+
+roi_align_module = importlib.import_module("maskrcnn.ops.roi_align")
 
 
 def _np_dtype(dtype):
@@ -230,6 +233,12 @@ def test_roi_align_hand_computed_grid():
     out = roi_align(fmap, torch.tensor([[0.0, 3.5, 3.5, 6.5, 6.5]], dtype=torch.float64), 1, 1.0, 2, True)
     assert out.item() == pytest.approx(3.75, abs=1e-12)
 
+    # Samples exactly on the validity limits -1 and W = 4 still count (the test is y < -1 or
+    # y > H), one sample per bin: box (3, 3, 5, 5) samples (4, 4), clamped to f(3, 3) = 15;
+    # box (x -2..0, y 0..2) samples (y=1, x=-1), clamped to x = 0: f(1, 0) = 4.
+    on_edge = torch.tensor([[0.0, 3.0, 3.0, 5.0, 5.0], [0.0, -2.0, 0.0, 0.0, 2.0]], dtype=torch.float64)
+    assert roi_align(fmap, on_edge, 1, 1.0, 1, False).flatten().tolist() == [15.0, 4.0]
+
     # Adaptive sampling: box (0, 0, 4, 4), 1x1 output -> ceil(4 / 1) = 4 samples per axis.
     # aligned=False: samples at 0.5, 1.5, 2.5, 3.5 (3.5 clamps to 3) -> mean 7.5 / 4 = 1.875
     #   per axis: 4 * 1.875 + 1.875 = 9.375
@@ -252,6 +261,19 @@ def test_roi_align_hand_computed_grid():
     assert roi_align(fmap, point, 1, 1.0, 0, True).item() == 0.0
     # aligned=False: (2.25, 1.25)-(3.25, 2.25), 1 sample at (1.75, 2.75): 4 * 1.75 + 2.75 = 9.75
     assert roi_align(fmap, point, 1, 1.0, 0, False).item() == pytest.approx(9.75, abs=1e-12)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_roi_align_non_finite_rois_pool_to_zero(aligned, sampling_ratio):
+    # NaN features upstream give NaN boxes: no crash, no NaN, and the finite RoI is unaffected
+    features = random_features((1, 2, 8, 8), 30, torch.float32)
+    nan, inf = float("nan"), float("inf")
+    rois = torch.tensor([[0, 1.3, 1.1, 5.2, 5.7], [0, nan, 1.0, 5.0, 5.0], [0, 1.0, 1.0, inf, 5.0],
+                         [0, 1.0, -inf, 5.0, 5.0], [0, nan, nan, nan, nan]])
+    out = roi_align(features, rois, 2, 1.0, sampling_ratio, aligned)
+    assert (out[1:] == 0).all()
+    torch.testing.assert_close(out[:1], roi_align(features, rois[:1], 2, 1.0, sampling_ratio, aligned))
 
 
 def _gradcheck_rois():
@@ -318,6 +340,8 @@ def test_roi_pool_rounds_half_away_from_zero(dtype):
         [0, -0.5, 1.5, 0.5, 4.5],
         [0, 2.5, 2.5, 2.5, 2.5],
         [0, 1.25, 0.75, 4.75, 3.25],  # on a 0.5 grid after scale 2
+        # just below / above a half: 0.49999997 -> 0, 1.5000001 -> 2 (float32 neighbours of .5)
+        [0, 0.49999997, 0.49999997, 1.5000001, 3.4999998],
     ], dtype=dtype)
     for scale in (1.0, 2.0, 0.5):
         out = roi_pool(features, rois, (2, 2), scale)
@@ -358,3 +382,15 @@ def test_roi_pool_gradcheck():
     out = roi_pool(features, rois[:1], 1, 1.0)
     (grad,) = torch.autograd.grad(out.sum(), features)
     assert grad.sum() == 2 and (grad > 0).sum() == 2
+
+
+def test_chunking_gives_the_same_result(monkeypatch):
+    # Big batches are processed in chunks of RoIs; force tiny chunks and compare.
+    features = random_features((2, 3, 9, 11), 28, torch.float64)
+    rois = random_rois(24, 18, 22, 2, seed=29, dtype=torch.float64)
+    align = roi_align(features, rois, (3, 4), 0.5, 0, False)
+    pool = roi_pool(features, rois, (3, 4), 0.5)
+    monkeypatch.setattr(roi_align_module, "_MAX_ELEMENTS_PER_CHUNK", 500)
+    torch.testing.assert_close(roi_align(features, rois, (3, 4), 0.5, 0, False), align, rtol=0, atol=0)
+    torch.testing.assert_close(roi_pool(features, rois, (3, 4), 0.5), pool, rtol=0, atol=0)
+    torch.testing.assert_close(align, ref_roi_align(features, rois, (3, 4), 0.5, 0, False), **_tol(torch.float64))
