@@ -132,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"maskrcnn predict: {e}")
         return 2
     try:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("CUDA is not available here (use --device cpu)")
+    except (RuntimeError, ValueError) as e:
+        say(f"maskrcnn predict: --device {args.device}: {e}")
+        return 2
+    try:
         predictor = load_model(args.weights, device=args.device, variant=args.variant,
                                max_pixels=args.max_pixels or None)
     except Exception as e:  # any load failure is the user's input; show it without a traceback

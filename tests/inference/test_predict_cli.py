@@ -146,3 +146,23 @@ def test_coco_ann_ids(tiny_weights, image_dir, tmp_path):
 def test_output_names_are_unique():
     paths = [Path("a/x.jpg"), Path("b/x.jpg"), Path("a/x.png"), Path("c/x.png")]
     assert output_names(paths) == ["x", "x_jpg", "x_png", "x_2"]
+
+
+def test_every_image_mode_is_converted(tiny_weights, tmp_path):
+    from inference_helpers import make_image
+
+    src = tmp_path / "modes"
+    src.mkdir()
+    rgb = Image.fromarray(make_image(5))  # 128 wide, 96 high
+    rgb.convert("RGBA").save(src / "rgba.png")
+    rgb.convert("P").save(src / "palette.png")
+    Image.fromarray(make_image(6)[..., 0].astype(np.uint16) * 257).save(src / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    rgb.save(src / "rotated.jpg", exif=exif)
+    assert Image.open(src / "sixteen.png").mode.startswith("I")
+    code = main([str(src), "-w", str(tiny_weights), "-o", str(tmp_path / "o"), "-q", "--batch-size", "4"])
+    assert code == 0
+    sizes = {p.name: Image.open(p).size for p in (tmp_path / "o" / "overlays").iterdir()}
+    assert sizes == {"rgba.png": (128, 96), "palette.png": (128, 96), "sixteen.png": (128, 96),
+                     "rotated.png": (96, 128)}  # the overlay follows the displayed orientation
