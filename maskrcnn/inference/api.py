@@ -75,6 +75,13 @@ class Result:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
+    def __repr__(self) -> str:
+        # short: the default dataclass repr would print every tensor, masks included
+        shown = ", ".join(f"{n} {s:.2f}" for n, s in zip(self.class_names[:5], self.scores.tolist()))
+        more = ", ..." if len(self) > 5 else ""
+        h, w = self.image_size
+        return f"Result({len(self)} detections [{shown}{more}], image {h}x{w}, source={self.source!r})"
+
     @property
     def binary_masks(self) -> Tensor | None:
         """bool (R, H, W): `masks` as they are, or probabilities >= 0.5."""
@@ -340,8 +347,11 @@ def _load_file(path: Path, variant: str | None, options: dict) -> tuple[MaskRCNN
         raise FileNotFoundError(f"checkpoint {path} does not exist{hint}")
     config_file = config_path_for(path)
     if path.suffix == ".safetensors" and config_file.is_file():
-        meta = json.loads(config_file.read_text())
-        if meta.get("format") == "maskrcnn":
+        try:
+            meta = json.loads(config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_file} (the config of {path.name}) is not valid JSON: {e}") from None
+        if isinstance(meta, dict) and meta.get("format") == "maskrcnn":
             if variant not in (None, meta["config"].get("variant")):
                 raise ValueError(f"{path} is a {meta['config'].get('variant')} model, not {variant}")
             return load_native(path, **options), meta

@@ -220,3 +220,11 @@ def test_wrap_a_model_and_keep_category_ids(tmp_path):
     predictor = load_model(path)
     assert predictor.category_ids == {1: 5, 2: 9, 3: 11}
     assert load_model(model).class_names == CLASS_NAMES
+
+
+def test_malformed_config_is_named(tiny_weights, tmp_path):
+    weights = tmp_path / "model.safetensors"
+    shutil.copy(tiny_weights, weights)
+    weights.with_suffix(".json").write_text('{"format": "maskrcnn", ')
+    with pytest.raises(ValueError, match="model.json .* is not valid JSON"):
+        load_model(weights)
