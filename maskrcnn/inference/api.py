@@ -4,7 +4,7 @@
     >>> model = maskrcnn.load_model("torchvision:maskrcnn_resnet50_fpn")      # doctest: +SKIP
     >>> [result] = model.predict("street.jpg", score_threshold=0.5)           # doctest: +SKIP
     >>> result.boxes, result.class_names, result.scores, result.masks.shape   # doctest: +SKIP
-    >>> result.label_map           # int32 (H, W): 0 background, i + 1 = detection i
+    >>> result.label_map           # int32 (H, W): 0 background, i + 1 = detection i  # doctest: +SKIP
     >>> result.draw().save("street_overlay.png"); result.save("out/")         # doctest: +SKIP
 
 Checkpoints `load_model` reads:
