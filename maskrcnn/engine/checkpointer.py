@@ -98,6 +98,16 @@ class Checkpointer:
             for stale in (model_name, Path(model_name).with_suffix(".json").name, state_name):
                 (self.directory / stale).unlink(missing_ok=True)
 
+    def remove_temporaries(self) -> list[str]:
+        """Delete half-written files a killed run left behind (`.name.XXXX.tmp`); rank 0 only,
+        before training starts."""
+        if not self.directory.is_dir():
+            return []
+        stale = [p for p in self.directory.glob(".*.tmp") if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return [p.name for p in stale]
+
     def latest(self) -> dict[str, Any] | None:
         """The pointer's record with full paths, or None when no checkpoint was written yet."""
         pointer_path = self.directory / POINTER

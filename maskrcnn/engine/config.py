@@ -278,7 +278,7 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    try:  # the model options must build a valid ModelConfig (types checked above)
+    try:  # option types were checked above; this catches what ModelConfig itself rejects
         ModelConfig.from_dict({**PRESETS[cfg.preset], **cfg.model_overrides()})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None

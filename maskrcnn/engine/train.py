@@ -194,6 +194,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     metrics = MetricsWriter(out, enabled=info.is_main, tensorboard=t.tensorboard)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        checkpointer.remove_temporaries()
         write_json_atomic(cfg.to_dict(), out / "config.json")
         if resume:
             metrics.truncate_after(start_iter)
