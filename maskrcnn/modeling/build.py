@@ -5,7 +5,9 @@ so its users can carry their settings over unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
+
+import torch
 
 from ..ops import MultiScaleRoIAlign
 from .anchors import AnchorGenerator
@@ -135,7 +137,8 @@ def build_model(config: ModelConfig) -> MaskRCNN:
     model = MaskRCNN(transform=transform, backbone=backbone, rpn=rpn, roi_heads=roi_heads,
                      num_classes=config.num_classes, class_names=config.class_names)
     model.config = config
-    return model
+    # Convolution weights channels-last to match the activations (see ResNetFPN.forward).
+    return model.to(memory_format=torch.channels_last)
 
 
 # Named presets: the only registry the project needs.

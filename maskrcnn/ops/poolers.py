@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .roi_align import roi_align
+from .roi_align import restore_order, roi_align
 
 
 def assign_fpn_levels(
@@ -74,11 +74,10 @@ class MultiScaleRoIAlign(nn.Module):
                              self.sampling_ratio, self.aligned)
         levels = assign_fpn_levels(rois[:, 1:], self.min_level, self.max_level,
                                    self.canonical_size, self.canonical_level, self.level_eps)
-        channels = features[0].shape[1]
-        out = features[0].new_zeros((rois.shape[0], channels, self.output_size, self.output_size))
+        selected, pooled = [], []
         for level, (feature, stride) in enumerate(zip(features, self.strides)):
             idx = torch.nonzero(levels == level).squeeze(1)
-            pooled = roi_align(feature, rois[idx], self.output_size, 1.0 / stride,
-                               self.sampling_ratio, self.aligned)
-            out = out.index_copy(0, idx, pooled)
-        return out
+            selected.append(idx)
+            pooled.append(roi_align(feature, rois[idx], self.output_size, 1.0 / stride,
+                                    self.sampling_ratio, self.aligned))
+        return restore_order(pooled, selected)

@@ -43,9 +43,8 @@ def roi_align(
     ph, pw = _pair(output_size)
     num_rois = rois.shape[0]
     _, channels, height, width = features.shape
-    out = features.new_zeros((num_rois, channels, ph, pw))
     if num_rois == 0:
-        return out
+        return features.new_zeros((0, channels, ph, pw))
     rois = rois.to(features.dtype)
 
     offset = 0.5 if aligned else 0.0
@@ -84,20 +83,28 @@ def roi_align(
     xs = (x1[:, None, None] + bins_x[None, :, None] * bin_w[:, None, None]
           + (ix[None, None, :] + 0.5) * (bin_w / grid_w.clamp(min=1))[:, None, None])
     # A sample counts if it lies within [-1, size] and (adaptive grids) exists for this RoI.
-    weight_y = ((ys >= -1.0) & (ys <= height) & (iy < grid_h[:, None, None])).to(features.dtype)
-    weight_x = ((xs >= -1.0) & (xs <= width) & (ix < grid_w[:, None, None])).to(features.dtype)
-    # grid_sample with align_corners=True maps -1 / +1 to the first / last cell center.
-    # Samples that do not count read the map's center instead, so that a NaN coordinate never
-    # reaches grid_sample (0 * NaN would poison the sum).
-    gy = torch.where(weight_y > 0, ys / max(height - 1, 1) * 2 - 1, torch.zeros_like(ys))
-    gx = torch.where(weight_x > 0, xs / max(width - 1, 1) * 2 - 1, torch.zeros_like(xs))
-    # samples per bin; an empty grid divides by 1 (its sum is 0)
-    count = (grid_h.clamp(min=0) * grid_w.clamp(min=0)).clamp(min=1)[:, None, None, None]
+    valid_y = (ys >= -1.0) & (ys <= height) & (iy < grid_h[:, None, None])
+    valid_x = (xs >= -1.0) & (xs <= width) & (ix < grid_w[:, None, None])
+    # Counted samples are clamped onto the map, which is the reference kernel's edge rule (a
+    # point within one cell outside reads the edge). The others are moved far outside, where
+    # grid_sample's zero padding makes them contribute exactly 0; this also keeps a NaN
+    # coordinate away from grid_sample. With align_corners=True, -1 / +1 are the first / last
+    # cell centers.
+    outside = torch.tensor(-4.0, dtype=features.dtype, device=rois.device)
+    gy = torch.where(valid_y, ys.clamp(0, height - 1) / max(height - 1, 1) * 2 - 1, outside)
+    gx = torch.where(valid_x, xs.clamp(0, width - 1) / max(width - 1, 1) * 2 - 1, outside)
+    # The kernel divides each bin's sum by its grid size (uncounted points included); average
+    # pooling divides by the largest grid, so adaptive grids are rescaled.
+    rescale = None
+    if sampling_ratio <= 0:
+        rescale = (max_grid_h * max_grid_w / (grid_h * grid_w).clamp(min=1))[:, None, None, None]
 
+    # Sampling on channels-last maps reads C contiguous values per point: several times faster.
+    features = features.contiguous(memory_format=torch.channels_last)
     batch_index = rois[:, 0].long()
     points_per_roi = ph * max_grid_h * pw * max_grid_w
     chunk = max(1, _MAX_ELEMENTS_PER_CHUNK // max(1, points_per_roi * channels))
-    results = []
+    selected, pooled = [], []
     for image in range(features.shape[0]):
         # A Python loop over images (not boxes): each image's RoIs sample that image's map.
         idx = torch.nonzero(batch_index == image).squeeze(1)
@@ -113,14 +120,29 @@ def roi_align(
                 dim=-1,
             ).reshape(1, r * ph * max_grid_h, pw * max_grid_w, 2)
             samples = F.grid_sample(
-                features[image:image + 1], grid, mode="bilinear", padding_mode="border", align_corners=True
+                features[image:image + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=True
             )  # (1, C, r*ph*gh, pw*gw)
-            samples = samples.reshape(channels, r, ph, max_grid_h, pw, max_grid_w)
-            w = weight_y[sel][:, :, :, None, None] * weight_x[sel][:, None, None, :, :]
-            pooled = (samples * w).sum(dim=(3, 5)).permute(1, 0, 2, 3) / count[sel]
-            results.append((sel, pooled))
-    for sel, pooled in results:
-        out = out.index_copy(0, sel, pooled)
+            bins = F.avg_pool2d(samples, (max_grid_h, max_grid_w))  # (1, C, r*ph, pw), channels-last
+            # (1, C, r*ph, pw) -> (1, r*ph, pw, C) -> (r, ph, pw, C) -> (r, C, ph, pw): views of
+            # the channels-last memory, no copy (the result keeps channels-last strides)
+            bins = bins.permute(0, 2, 3, 1).reshape(r, ph, pw, channels).permute(0, 3, 1, 2)
+            if rescale is not None:
+                bins = bins * rescale[sel]
+            selected.append(sel)
+            pooled.append(bins)
+    return restore_order(pooled, selected)
+
+
+def restore_order(parts: list[Tensor], indices: list[Tensor]) -> Tensor:
+    """Concatenate results computed for subsets of rows (`parts[k]` for rows `indices[k]`, which
+    together cover every row once) back into row order: one gather, differentiable."""
+    if len(parts) == 1:
+        return parts[0]  # a single part covers every row, in order (nonzero is sorted)
+    rows = sum(p.shape[0] for p in parts)
+    out = torch.empty((rows, *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device,
+                      memory_format=torch.channels_last)
+    for part, idx in zip(parts, indices):
+        out.index_copy_(0, idx, part)
     return out
 
 

@@ -5,6 +5,7 @@ strides s = 4, 8, 16, 32, 64. P6 is a stride-2 subsample of P5 and is used by th
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -46,5 +47,6 @@ class ResNetFPN(nn.Module):
         self.strides = [4, 8, 16, 32, 64]
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        c = self.body(images)
+        # Channels-last convolutions are markedly faster on CPU (oneDNN) and on tensor cores.
+        c = self.body(images.contiguous(memory_format=torch.channels_last))
         return self.fpn([c["c2"], c["c3"], c["c4"], c["c5"]])
