@@ -6,9 +6,10 @@ forward(x (N, 3, H, W)) -> {"c2": (N, C2, H/4, W/4), ..., "c5": (N, C5, H/32, W/
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from ..layers import NormFactory, frozen_bn
+from ..layers import NormFactory, conv_norm, frozen_bn
 
 
 class BasicBlock(nn.Module):
@@ -21,14 +22,13 @@ class BasicBlock(nn.Module):
         self.bn1 = norm(width)
         self.conv2 = nn.Conv2d(width, out_channels, 3, 1, 1, bias=False)
         self.bn2 = norm(out_channels)
-        self.relu = nn.ReLU(inplace=True)
         self.downsample = _shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        out = torch.relu_(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm(self.conv2, self.bn2, out)
+        return torch.relu_(out.add_(identity))
 
 
 class Bottleneck(nn.Module):
@@ -43,15 +43,15 @@ class Bottleneck(nn.Module):
         self.bn2 = norm(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = norm(out_channels)
-        self.relu = nn.ReLU(inplace=True)
         self.downsample = _shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        out = torch.relu_(conv_norm(self.conv1, self.bn1, x))
+        out = torch.relu_(conv_norm(self.conv2, self.bn2, out))
+        out = conv_norm(self.conv3, self.bn3, out)
+        # in place: the conv's backward needs its input, not its output
+        return torch.relu_(out.add_(identity))
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, norm: NormFactory) -> nn.Module | None:
@@ -89,7 +89,6 @@ class ResNet(nn.Module):
         block, layers = RESNET_SPECS[depth]
         self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
         self.bn1 = norm(base_width)
-        self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_channels = base_width
         self.out_channels: list[int] = []
@@ -115,7 +114,7 @@ class ResNet(nn.Module):
                     p.requires_grad_(False)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(torch.relu_(conv_norm(self.conv1, self.bn1, x)))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
