@@ -15,11 +15,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .boxes import box_iou
 
 
 # Boxes settled together by `_greedy_keep`.
 _BLOCK = 256
+# Smallest padded group size (smaller groups share one bucket).
+_MIN_BUCKET = 8
 
 
 def _threshold_for_dtype(iou_threshold: float, dtype: torch.dtype) -> float:
@@ -80,32 +81,33 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
     order = torch.sort(scores, descending=True, stable=True).indices
     boxes, groups = boxes[order], groups[order]
 
-    # Two layouts compute the same thing: one (R, R) matrix masked to same-group pairs, or a
-    # padded (G, Rg, Rg) stack of per-group matrices. Take whichever has fewer entries.
-    group_ids, group_of_box, counts = torch.unique(groups, return_inverse=True, return_counts=True)
-    max_count = int(counts.max())
-    if group_ids.numel() * max_count * max_count >= num * num:
-        rank = torch.arange(num, device=boxes.device)
-        suppresses = (box_iou(boxes, boxes) > threshold) & (rank[:, None] < rank[None, :])
-        suppresses &= group_of_box[:, None] == group_of_box[None, :]
-        keep = _greedy_keep(suppresses)
-        return order[keep]
-
-    # Position of each box inside its group, preserving score order (stable sort by group).
-    by_group = torch.sort(group_of_box, stable=True).indices
+    # Per-group IoU matrices, padded to a common size. Groups are bucketed by size (powers of
+    # two), so a few large groups (RPN levels) and many small ones (classes) both cost about
+    # sum(group size^2), never (all boxes)^2. The loop runs over buckets, not boxes.
+    _, group_of_box, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    by_group = torch.sort(group_of_box, stable=True).indices  # score order within each group
     starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(num, device=boxes.device) - starts[group_of_box[by_group]]
-    padded = boxes.new_zeros((group_ids.numel(), max_count, 4))
-    valid = torch.zeros((group_ids.numel(), max_count), dtype=torch.bool, device=boxes.device)
-    padded[group_of_box[by_group], slot] = boxes[by_group]
-    valid[group_of_box[by_group], slot] = True
-
-    iou = _batched_box_iou(padded)
-    rank = torch.arange(max_count, device=boxes.device)
-    suppresses = (iou > threshold) & (rank[:, None] < rank[None, :]) & valid[:, :, None] & valid[:, None, :]
-    keep_padded = _greedy_keep(suppresses) & valid
-    kept_sorted = by_group[keep_padded[group_of_box[by_group], slot]]
-    return order[torch.sort(kept_sorted).values]
+    slot_sorted = torch.arange(num, device=boxes.device) - starts[group_of_box[by_group]]
+    slot = torch.empty_like(slot_sorted)
+    slot[by_group] = slot_sorted  # position of each box inside its group
+    bucket_of_group = torch.ceil(torch.log2(counts.clamp(min=_MIN_BUCKET).double())).long()
+    keep = torch.zeros(num, dtype=torch.bool, device=boxes.device)
+    for bucket in torch.unique(bucket_of_group).tolist():
+        members = torch.nonzero(bucket_of_group == bucket).squeeze(1)  # groups in this bucket
+        row_of_group = torch.full_like(counts, -1)
+        row_of_group[members] = torch.arange(members.numel(), device=boxes.device)
+        in_bucket = torch.nonzero(row_of_group[group_of_box] >= 0).squeeze(1)
+        rows, cols = row_of_group[group_of_box[in_bucket]], slot[in_bucket]
+        size = int(counts[members].max())
+        padded = boxes.new_zeros((members.numel(), size, 4))
+        valid = torch.zeros((members.numel(), size), dtype=torch.bool, device=boxes.device)
+        padded[rows, cols] = boxes[in_bucket]
+        valid[rows, cols] = True
+        rank = torch.arange(size, device=boxes.device)
+        suppresses = (_batched_box_iou(padded) > threshold) & (rank[:, None] < rank[None, :])
+        suppresses &= valid[:, :, None] & valid[:, None, :]
+        keep[in_bucket] = _greedy_keep(suppresses)[rows, cols]
+    return order[keep]
 
 
 def _batched_box_iou(boxes: Tensor) -> Tensor:

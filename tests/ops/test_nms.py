@@ -194,8 +194,9 @@ def test_batched_nms_one_group_equals_nms(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_batched_nms_dominant_group_full_matrix(dtype, count_padded_path):
-    # one group of 120 and 60 singletons: G * max^2 >= R^2, the masked (R, R) matrix is used
+def test_batched_nms_dominant_group(dtype, count_padded_path):
+    # one group of 120 and 60 singletons: the big group and the singletons go to separate
+    # size buckets, so no (R, R) matrix and no 61 x 120 x 120 padding is built
     sizes = [120] + [1] * 60
     groups = torch.cat([torch.full((s,), 3 * i - 50, dtype=torch.int64) for i, s in enumerate(sizes)])
     perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(6))
@@ -205,15 +206,15 @@ def test_batched_nms_dominant_group_full_matrix(dtype, count_padded_path):
     scores = random_scores(n, 6, dtype, levels=20)
     keep = batched_nms(boxes, scores, groups, 0.5)
     assert keep.tolist() == ref_batched_nms(boxes, scores, groups, 0.5)
-    assert count_padded_path == []
+    assert sorted(count_padded_path) == [(1, 120, 4), (60, 1, 4)]
     # boxes of different groups never suppress each other
     assert (groups[keep].unique().numel()) == 61
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", [7, 8])
-def test_batched_nms_unequal_groups_padded_layout(dtype, seed, count_padded_path):
-    # 20 groups of sizes 1, 2, 4, ... up to 60 (R = 381): G * max^2 < R^2, the padded layout
+def test_batched_nms_unequal_groups_bucketed(dtype, seed, count_padded_path):
+    # 20 groups of sizes 1, 2, 4, ... up to 60 (R = 381), padded per size bucket
     sizes = [1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20, 22, 25, 30, 35, 40, 50, 60][: 20]
     g = torch.Generator().manual_seed(seed)
     groups = torch.cat([torch.full((s,), i * 2, dtype=torch.int64) for i, s in enumerate(sizes)])
@@ -225,8 +226,12 @@ def test_batched_nms_unequal_groups_padded_layout(dtype, seed, count_padded_path
     for threshold in (0.3, 0.6):
         keep = batched_nms(boxes, scores, groups, threshold)
         assert keep.tolist() == ref_batched_nms(boxes, scores, groups, threshold)
-    assert len(count_padded_path) == 2
-    assert count_padded_path[0] == (len(sizes), max(sizes), 4)
+    # buckets (up to 8], (8, 16], (16, 32], (32, 64], padded to their largest group, per call
+    assert sorted(count_padded_path[:4]) == [(4, 16, 4), (4, 60, 4), (5, 30, 4), (7, 8, 4)]
+    padded_entries = sum(g * k * k for g, k, _ in count_padded_path[:4])
+    assert len(count_padded_path) == 8  # 4 buckets, 2 thresholds
+    assert padded_entries <= 4 * sum(max(s, 8) ** 2 for s in sizes)  # about sum(size^2), not R^2
+    assert padded_entries < n * n / 5
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -238,15 +243,15 @@ def test_batched_nms_identical_boxes_in_different_groups(dtype):
     assert keep.tolist() == ref_batched_nms(boxes, scores, groups, 0.5) == [1, 2, 3]
 
 
-def test_batched_nms_both_layouts_agree():
-    # the same input forced through both code paths gives the same answer
+def test_batched_nms_equals_offset_trick():
+    # per-group NMS equals one NMS over boxes moved apart by group (torchvision's offset trick)
     n = 200
     # coordinates on a 1/8 grid, so shifting by multiples of 1000 below is exact in float32
     boxes = torch.round(random_boxes(n, 9, torch.float32, size=30.0) * 8) / 8
     scores = random_scores(n, 9, torch.float32, levels=30)
     groups = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(9))
     expected = ref_batched_nms(boxes, scores, groups, 0.5)
-    assert batched_nms(boxes, scores, groups, 0.5).tolist() == expected  # 10 groups of ~20: padded
-    # offset trick: one group, boxes of different groups moved far apart -> full matrix
+    assert batched_nms(boxes, scores, groups, 0.5).tolist() == expected
+    # offset trick: one group, boxes of different groups moved far apart
     shifted = boxes + groups[:, None].to(torch.float32) * 1000
     assert batched_nms(shifted, scores, torch.zeros_like(groups), 0.5).tolist() == expected
