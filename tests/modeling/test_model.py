@@ -179,3 +179,13 @@ def test_crowd_regions_are_never_positives():
 def test_norm_eps_is_configurable():
     model = small_model(norm_eps=0.0)
     assert model.backbone.body.bn1.eps == 0.0
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_non_finite_pixels_give_no_detections_not_a_crash(bad_value):
+    model = small_model(box_score_thresh=0.0).eval()
+    image, _ = synthetic_sample()
+    image[:, 10:20, 10:20] = bad_value
+    with torch.no_grad():
+        det = model([image]).detections[0]
+    assert len(det) == 0 and det.masks.shape == (0, *image.shape[-2:])
