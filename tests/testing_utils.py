@@ -9,6 +9,15 @@ from PIL import Image
 FIXTURES = Path(__file__).parent / "fixtures"
 PARITY = FIXTURES / "torchvision_parity"
 
+# A 4x4 mask and its Kaggle RLE, worked out by hand: the column-major order reads column 0
+# top to bottom (pixels 1-4), then column 1 (5-8), ...; runs are pixels 4-6, 9-10 and 15-16.
+LITERAL_MASK = np.array(
+    [[0, 1, 1, 0],
+     [0, 1, 1, 0],
+     [0, 0, 0, 1],
+     [1, 0, 0, 1]], dtype=bool)
+LITERAL_RLE = "4 3 9 2 15 2"
+
 
 def load_coffee() -> torch.Tensor:
     """coffee.png as the fixtures' input: RGB uint8 -> float32 (3, H, W) / 255."""

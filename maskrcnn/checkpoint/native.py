@@ -3,19 +3,19 @@
     model.safetensors   the state dict
     model.json          {"format": "maskrcnn", "version": 1, "config": {...ModelConfig...}}
 
-`save_model(model, "out/model.safetensors")` writes both, each atomically (temporary file, then
-rename), so an interrupted save never leaves a half-written file under the final name.
+`save_model(model, "out/model.safetensors")` writes both, each atomically (`maskrcnn.io`'s
+temporary file, then rename), so an interrupted save never leaves a half-written file under the
+final name.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io import atomic_write, write_json_atomic
 from ..modeling.build import ModelConfig, build_model
 from ..modeling.mask_rcnn import MaskRCNN
 
@@ -27,18 +27,9 @@ def config_path_for(weights_path: str | Path) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
-def atomic_replace(path: Path, write) -> None:
-    """Call write(temp_path), then rename onto `path`; the temp file is removed on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+# The engine's checkpointer and metrics log import `atomic_replace` from here; it is the one
+# atomic writer, `maskrcnn.io.atomic_write`, until they import that directly.
+atomic_replace = atomic_write
 
 
 def save_model(model: MaskRCNN, path: str | Path, extra: dict | None = None) -> Path:
@@ -47,9 +38,9 @@ def save_model(model: MaskRCNN, path: str | Path, extra: dict | None = None) -> 
     if path.suffix != ".safetensors":
         raise ValueError(f"model weights are saved as .safetensors, got {path}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_replace(path, lambda tmp: save_file(state, tmp))
+    atomic_write(path, lambda tmp: save_file(state, tmp))
     meta = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(), **(extra or {})}
-    atomic_replace(config_path_for(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    write_json_atomic(meta, config_path_for(path), indent=1)
     return path
 
 

@@ -1,5 +1,8 @@
 """Data: COCO datasets, augmentations, the synthetic shapes dataset and format converters.
 
+Image reading, atomic writes and Kaggle run-length codes live in `maskrcnn.io`; `DataError`,
+`load_image` and `write_json_atomic` are exported here too, as the data API has always had them.
+
     from maskrcnn.data import CocoDataset, collate_fn, generate_shapes_dataset
     ann = generate_shapes_dataset("shapes", 200, seed=0)
     ds = CocoDataset(ann, ann.parent / "images", transforms=RandomHorizontalFlip(0.5))
@@ -12,16 +15,8 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from .coco import BOX_TOLERANCE, CocoDataset, read_coco_json
-from .convert import (
-    ConversionResult,
-    convert_main,
-    decode_kaggle_rle,
-    encode_kaggle_rle,
-    labelme_to_coco,
-    mask_pngs_to_coco,
-    rle_csv_to_coco,
-)
-from .image_io import DataError, image_sizes, load_image, open_image, pil_to_tensor, write_json_atomic
+from ..io import DataError, load_image, write_json_atomic
+from .convert import ConversionResult, convert_main, labelme_to_coco, mask_pngs_to_coco, rle_csv_to_coco
 from .shapes import SHAPE_CLASSES, generate_shapes_dataset, shapes_category_ids
 from .transforms import Compose, RandomHorizontalFlip, ResizeShortestEdge, hflip, resize
 
@@ -36,8 +31,7 @@ def collate_fn(batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[list[Ten
 
 __all__ = [
     "BOX_TOLERANCE", "CocoDataset", "Compose", "ConversionResult", "DataError", "RandomHorizontalFlip",
-    "ResizeShortestEdge", "SHAPE_CLASSES", "collate_fn", "convert_main", "decode_kaggle_rle",
-    "encode_kaggle_rle", "generate_shapes_dataset", "hflip", "image_sizes", "labelme_to_coco",
-    "load_image", "mask_pngs_to_coco", "open_image", "pil_to_tensor", "read_coco_json", "resize",
+    "ResizeShortestEdge", "SHAPE_CLASSES", "collate_fn", "convert_main", "generate_shapes_dataset",
+    "hflip", "labelme_to_coco", "load_image", "mask_pngs_to_coco", "read_coco_json", "resize",
     "rle_csv_to_coco", "shapes_category_ids", "write_json_atomic",
 ]

@@ -27,12 +27,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import ImageOps
 from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .image_io import _EXIF_ORIENTATION_TAG, DataError, open_image, pil_to_tensor
+from ..io import DataError, ImageLoadError, exif_transpose, load_image, open_image
 
 __all__ = ["CocoDataset", "DataError", "read_coco_json", "BOX_TOLERANCE"]
 
@@ -310,14 +309,12 @@ class CocoDataset(Dataset):
         info = self._images[index]
         path = self.image_dir / info["file_name"]
         try:
-            raw = open_image(path, exif=False)
-        except DataError as e:
+            # No pixel limit beyond Pillow's bomb check: training images are the user's own.
+            raw = open_image(path, max_pixels=None)
+        except ImageLoadError as e:
             raise DataError(f"image id {info['id']}: {e}") from None
         want = (info["width"], info["height"])
-        if raw.getexif().get(_EXIF_ORIENTATION_TAG, 1) == 1:
-            oriented = raw  # the common case; skip exif_transpose's full-image copy
-        else:
-            oriented = ImageOps.exif_transpose(raw)
+        oriented = exif_transpose(raw, name=str(path))  # `raw` itself when already upright
         # Annotations usually follow the EXIF-rotated picture (what tools display); if the JSON
         # size matches only the stored pixels, the annotator worked on those, so keep them.
         if oriented.size == want:
@@ -331,7 +328,12 @@ class CocoDataset(Dataset):
 
     def _load(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         info, anns = self._images[index], self._anns[index]
-        image = pil_to_tensor(self._load_pil(index))
+        path = self.image_dir / info["file_name"]
+        try:
+            # _load_pil already chose the orientation the JSON sizes match: exif=False
+            image = load_image(self._load_pil(index), max_pixels=None, name=str(path), exif=False)
+        except ImageLoadError as e:  # pixels of an unusable range, e.g. a 0..255 float TIFF
+            raise DataError(f"image id {info['id']}: {e}") from None
         height, width = info["height"], info["width"]
         if anns:
             try:

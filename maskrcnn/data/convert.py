@@ -37,55 +37,14 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .image_io import DataError, image_sizes, write_json_atomic
+from ..io import DataError, decode_kaggle_rle, image_sizes, write_json_atomic
 
 __all__ = [
-    "ConversionResult", "labelme_to_coco", "mask_pngs_to_coco", "rle_csv_to_coco",
-    "encode_kaggle_rle", "decode_kaggle_rle", "convert_main",
+    "ConversionResult", "labelme_to_coco", "mask_pngs_to_coco", "rle_csv_to_coco", "convert_main",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 _CLASS_K = re.compile(r"^(?P<cls>.+)_(?P<k>\d+)$")
-
-
-# ---------------------------------------------------------------------- Kaggle run-length codes
-
-def encode_kaggle_rle(mask: np.ndarray) -> str:
-    """Binary mask (H, W) -> Kaggle run-length string "start length start length ...".
-
-    Pixels are numbered from 1, top to bottom, then left to right (column-major), as in
-    Kaggle's Data Science Bowl 2018 and Airbus Ship Detection. An empty mask gives "".
-    """
-    flat = np.asarray(mask).astype(bool).ravel(order="F")
-    padded = np.concatenate([[False], flat, [False]])
-    # 1-based positions where the value flips: alternately a run's start and one past its end
-    edges = np.flatnonzero(padded[1:] != padded[:-1]) + 1
-    starts, ends = edges[0::2], edges[1::2]
-    return " ".join(f"{s} {n}" for s, n in zip(starts.tolist(), (ends - starts).tolist()))
-
-
-def decode_kaggle_rle(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """Kaggle run-length string -> uint8 (H, W) mask of 0/1; the inverse of `encode_kaggle_rle`.
-
-    Raises `DataError` on odd token counts, non-integers, or runs beyond the H*W pixels.
-    """
-    height, width = shape
-    tokens = rle.split() if isinstance(rle, str) else []
-    try:
-        nums = np.array([int(t) for t in tokens], dtype=np.int64)
-    except ValueError:
-        raise DataError(f"run-length string has a non-integer token: {rle[:60]!r}") from None
-    if nums.size % 2:
-        raise DataError(f"run-length string has an odd number of values ({nums.size})")
-    starts, lengths = nums[0::2] - 1, nums[1::2]
-    if nums.size and (starts.min() < 0 or lengths.min() < 0 or (starts + lengths).max() > height * width):
-        raise DataError(f"run-length string has runs outside the {height}x{width} image")
-    # +1 at each run start, -1 one past its end; the running sum is > 0 inside runs
-    delta = np.zeros(height * width + 1, dtype=np.int32)
-    np.add.at(delta, starts, 1)
-    np.add.at(delta, starts + lengths, -1)
-    flat = np.cumsum(delta[:-1]) > 0
-    return flat.reshape((height, width), order="F").astype(np.uint8)
 
 
 # ---------------------------------------------------------------------- building the JSON

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from .image_io import write_json_atomic
+from ..io import write_json_atomic
 
 __all__ = ["SHAPE_CLASSES", "generate_shapes_dataset", "shapes_category_ids"]
 

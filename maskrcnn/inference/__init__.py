@@ -7,7 +7,7 @@
 
 Command line: `maskrcnn predict` (predict.py) and `maskrcnn inspect` (inspect.py).
 """
+from ..io import ImageLoadError, expand_sources, load_image
 from .api import DEFAULT_BATCH_SIZE, Predictor, Result, load_model
-from .io import ImageLoadError, expand_sources, load_image
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ImageLoadError", "Predictor", "Result", "expand_sources", "load_image", "load_model"]

@@ -32,11 +32,11 @@ from torch import Tensor
 
 from ..checkpoint.native import config_path_for, load_native
 from ..checkpoint.torchvision import from_torchvision, read_state_dict
+from ..io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..modeling.mask_rcnn import MaskRCNN
 from ..modeling.transform import resized_size
 from . import hub
 from .draw import draw_instances
-from .io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .outputs import label_map as combine_masks
 from .outputs import to_coco_results, write_coco_json, write_image, write_label_map_png
 
@@ -187,7 +187,7 @@ class Predictor:
 
         images: a path, PIL image, numpy array ((H, W) or (H, W, C), channels last) or tensor
             ((3, H, W) channels first, or a (N, 3, H, W) batch), or a list of them. Grayscale,
-            RGBA, palette, 16-bit and EXIF-rotated images are converted (see `io.load_image`).
+            RGBA, palette, 16-bit and EXIF-rotated images are converted (see `maskrcnn.io.load_image`).
         score_threshold: keep detections with score > score_threshold (None: the model's own
             box_score_thresh). It is applied before the mask head, which therefore runs only
             on the detections returned.
@@ -197,7 +197,7 @@ class Predictor:
             to the same size, so a result never depends on its batch neighbours.
         keep_images: keep each input tensor on its Result for `draw()` / `save()`.
 
-        Raises `io.ImageLoadError` (a subclass of ValueError) naming any image that cannot
+        Raises `maskrcnn.io.ImageLoadError` (a subclass of ValueError) naming any image that cannot
         be read or is above `max_pixels`.
         """
         items = _as_list(images)

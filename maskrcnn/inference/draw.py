@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from .io import ImageSource, load_image
+from ..io import ImageSource, load_image
 from .outputs import label_map
 
 __all__ = ["draw_instances", "instance_colors"]

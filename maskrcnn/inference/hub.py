@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from ..io import atomic_open
 
 __all__ = [
     "COCO_CATEGORY_NAMES", "NAMED_WEIGHTS", "NamedWeights", "WeightsUnavailableError",
@@ -178,11 +179,11 @@ def download_file(
     existing `target` is never touched until the new file is complete and verified.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out, opener(url, timeout=timeout) as response:
+    # atomic_open renames the file into place only if this block ends without an exception,
+    # so raising on a bad hash is all it takes to save nothing.
+    with atomic_open(target, "wb") as out:
+        with opener(url, timeout=timeout) as response:
             total = _content_length(response)
             bar = _progress_bar(total, target.name) if progress else None
             while block := response.read(1 << 20):
@@ -198,11 +199,6 @@ def download_file(
                 f"downloaded {url} but its SHA-256 {hexdigest[:16]}... does not start with "
                 f"{sha256_prefix}: the download is corrupt or the file changed; nothing was saved"
             )
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return target
 
 

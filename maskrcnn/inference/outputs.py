@@ -9,18 +9,16 @@ Tensors (any device) and numpy arrays are both accepted.
 Two run-length encodings appear here and are not interchangeable:
   - COCO RLE (`mask_to_rle`): pycocotools' compressed string, {"size": [H, W], "counts": str};
     what COCO results JSON and pycocotools' evaluation read.
-  - Kaggle RLE (`encode_kaggle_rle`): "start length start length ...", 1-based starts over the
-    column-major (top-to-bottom, then left-to-right) pixel order, as in the Data Science Bowl
-    2018 and Airbus Ship Detection competitions.
+  - Kaggle RLE (`maskrcnn.io.encode_kaggle_rle`): "start length start length ...", 1-based
+    starts over the column-major (top-to-bottom, then left-to-right) pixel order, as in the Data
+    Science Bowl 2018 and Airbus Ship Detection competitions; the CSV reader and writer here.
 
-Every writer goes through `atomic_open` / `atomic_write`: a crash leaves the previous file (or
+Every writer goes through `maskrcnn.io`'s atomic writers: a crash leaves the previous file (or
 none), never a truncated one.
 """
 from __future__ import annotations
 
 import csv
-import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,12 +30,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .io import atomic_open, atomic_write
+from ..io import atomic_open, atomic_write, decode_kaggle_rle, encode_kaggle_rle, write_json_atomic
 
 __all__ = [
     "KAGGLE_CSV_HEADER",
-    "decode_kaggle_rle",
-    "encode_kaggle_rle",
     "label_map",
     "mask_to_rle",
     "masks_to_rles",
@@ -205,53 +201,6 @@ def label_map(masks: ArrayLike, scores: ArrayLike, *, mask_threshold: float = 0.
 
 
 # ---------------------------------------------------------------------------------------------
-# Kaggle RLE
-
-
-def encode_kaggle_rle(mask: ArrayLike, *, mask_threshold: float = 0.5) -> str:
-    """bool (H, W) mask -> "start length ..." with 1-based starts over the column-major
-    (Fortran) pixel order; "" for an empty mask.
-
-        >>> encode_kaggle_rle(np.array([[0, 1], [1, 1]], dtype=bool))
-        '2 3'
-    """
-    m = _binarize(_to_numpy(mask), mask_threshold)
-    if m.ndim != 2:
-        raise ValueError(f"encode_kaggle_rle takes one (H, W) mask, got shape {m.shape}")
-    # pad with a background pixel at both ends so every run has a start and an end edge
-    pixels = np.concatenate([[False], m.ravel(order="F"), [False]])
-    edges = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1  # 1-based: run starts, then ends (exclusive)
-    edges[1::2] -= edges[::2]  # ends -> lengths
-    return " ".join(map(str, edges.tolist()))
-
-
-def decode_kaggle_rle(rle: str | None, shape: tuple[int, int]) -> np.ndarray:
-    """Kaggle RLE string -> bool (H, W) mask; "", None or NaN (an empty CSV cell read by
-    pandas) give an empty mask. Raises ValueError for odd counts, non-integers, runs that
-    start before pixel 1, have a length below 1, or end past pixel H * W."""
-    height, width = (int(s) for s in shape)
-    total = height * width
-    if rle is None or (isinstance(rle, float) and math.isnan(rle)) or not str(rle).strip():
-        return np.zeros((height, width), dtype=bool)
-    try:
-        numbers = np.array(str(rle).split(), dtype=np.int64)
-    except ValueError:
-        raise ValueError(f"malformed RLE {str(rle)[:40]!r}: not all integers") from None
-    if numbers.size % 2:
-        raise ValueError(f"malformed RLE {str(rle)[:40]!r}: odd number of values ({numbers.size})")
-    starts, lengths = numbers[0::2] - 1, numbers[1::2]  # 0-based starts
-    if (starts < 0).any() or (lengths < 1).any():
-        raise ValueError(f"malformed RLE {str(rle)[:40]!r}: starts must be >= 1 and lengths >= 1")
-    ends = starts + lengths
-    if ends.max() > total:
-        raise ValueError(f"RLE run ends at pixel {int(ends.max())}, beyond the {height}x{width} = {total} pixels")
-    # +1 at each run start, -1 one past each end; the running sum is > 0 inside a run (also
-    # when runs overlap or come unsorted)
-    delta = np.bincount(starts, minlength=total + 1) - np.bincount(ends, minlength=total + 1)
-    return (np.cumsum(delta[:total]) > 0).reshape((height, width), order="F")
-
-
-# ---------------------------------------------------------------------------------------------
 # Writers
 
 
@@ -267,9 +216,7 @@ def _json_default(value: Any) -> Any:
 
 def write_coco_json(path: str | os.PathLike, results: Iterable[dict]) -> Path:
     """Write COCO results (a list of dicts, e.g. from `to_coco_results`) as compact JSON."""
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(list(results), f, default=_json_default, separators=(",", ":"))
-    return Path(path)
+    return write_json_atomic(list(results), path, default=_json_default, separators=(",", ":"))
 
 
 def write_label_map_png(path: str | os.PathLike, label_map: ArrayLike) -> Path:

@@ -19,7 +19,6 @@ input), 0 otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,8 @@ from typing import Any
 
 import torch
 
+from ..io import DEFAULT_MAX_PIXELS, ImageLoadError, expand_sources, load_image, write_json_atomic
 from .api import DEFAULT_BATCH_SIZE, Result, load_model
-from .io import DEFAULT_MAX_PIXELS, ImageLoadError, atomic_open, expand_sources, load_image
 from .outputs import masks_to_rles, rle_to_mask, write_coco_json, write_image, write_label_map_png, write_rle_csv
 
 __all__ = ["build_parser", "main", "output_names"]
@@ -194,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
 
     write_coco_json(out / "results.json", coco)
-    with atomic_open(out / "images.json", "w", encoding="utf-8") as f:
-        json.dump(images, f, indent=0)
+    write_json_atomic(images, out / "images.json", indent=0)
     if args.csv is not None:
         write_rle_csv(args.csv, _csv_masks(csv_rows))
     seconds = time.perf_counter() - start

@@ -12,9 +12,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrcnn.data import (
-    CocoDataset, DataError, convert_main, decode_kaggle_rle, encode_kaggle_rle, labelme_to_coco,
-    mask_pngs_to_coco, rle_csv_to_coco,
+    CocoDataset, DataError, convert_main, labelme_to_coco, mask_pngs_to_coco, rle_csv_to_coco,
 )
+from maskrcnn.io import encode_kaggle_rle
 
 H, W = 36, 48
 
@@ -30,33 +30,6 @@ def random_mask(rng, h=H, w=W):
     m[y:y + rng.integers(3, 10), x:x + rng.integers(3, 10)] = 1
     m[rng.random((h, w)) > 0.97] = 1  # scattered single pixels: many short runs
     return m
-
-
-# ---------------------------------------------------------------------- Kaggle RLE
-
-def test_kaggle_rle_known_example():
-    # Kaggle's documented example: "1 3 10 5" = pixels 1,2,3 and 10..14, numbered down columns
-    mask = decode_kaggle_rle("1 3 10 5", (4, 4))
-    expected = np.zeros((4, 4), dtype=np.uint8)
-    expected[0:3, 0] = 1       # pixels 1-3: column 0, rows 0-2
-    expected[1:4, 2] = 1       # pixels 10-12: column 2, rows 1-3
-    expected[0:2, 3] = 1       # pixels 13-14: column 3, rows 0-1
-    assert np.array_equal(mask, expected)
-    assert encode_kaggle_rle(expected) == "1 3 10 5"
-
-
-def test_kaggle_rle_round_trip(rng):
-    cases = [np.zeros((5, 7), np.uint8), np.ones((5, 7), np.uint8)] + [random_mask(rng) for _ in range(20)]
-    for mask in cases:
-        text = encode_kaggle_rle(mask)
-        assert np.array_equal(decode_kaggle_rle(text, mask.shape), mask)
-    assert encode_kaggle_rle(np.ones((2, 3))) == "1 6" and encode_kaggle_rle(np.zeros((2, 3))) == ""
-
-
-@pytest.mark.parametrize("text", ["1 2 3", "1 x", "10 10", "0 2"])
-def test_kaggle_rle_rejects_bad_strings(text):
-    with pytest.raises(DataError):
-        decode_kaggle_rle(text, (3, 3))
 
 
 # ---------------------------------------------------------------------- LabelMe

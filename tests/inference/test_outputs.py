@@ -1,4 +1,6 @@
-"""Output formats: COCO RLE and results, label maps, Kaggle RLE and CSV, atomic writers."""
+"""Output formats: COCO RLE and results, label maps, Kaggle RLE CSV, atomic writers.
+
+The Kaggle RLE codec itself is tested in tests/test_io.py, beside maskrcnn/io.py."""
 from __future__ import annotations
 
 import json
@@ -10,8 +12,6 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from maskrcnn.inference.outputs import (
-    decode_kaggle_rle,
-    encode_kaggle_rle,
     label_map,
     mask_to_rle,
     masks_to_rles,
@@ -23,17 +23,10 @@ from maskrcnn.inference.outputs import (
     write_rle_csv,
 )
 
+from testing_utils import LITERAL_MASK, LITERAL_RLE
+
 # pycocotools' compiled decode trips numpy 2's __array__(copy=...) deprecation; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-# A 4x4 mask and its Kaggle RLE, worked out by hand: the column-major order reads column 0
-# top to bottom (pixels 1-4), then column 1 (5-8), ...; runs are pixels 4-6, 9-10 and 15-16.
-LITERAL_MASK = np.array(
-    [[0, 1, 1, 0],
-     [0, 1, 1, 0],
-     [0, 0, 0, 1],
-     [1, 0, 0, 1]], dtype=bool)
-LITERAL_RLE = "4 3 9 2 15 2"
 
 
 def _random_masks(rng, num, h, w):
@@ -161,29 +154,6 @@ def test_label_map_png_8_and_16_bit(tmp_path):
     with pytest.raises(ValueError):
         write_label_map_png(tmp_path / "bad.png", np.full((2, 2), 70000))
     assert not (tmp_path / "bad.png").exists()
-
-
-# ------------------------------------------------------------------------------ Kaggle RLE
-
-
-def test_kaggle_rle_literal():
-    assert encode_kaggle_rle(LITERAL_MASK) == LITERAL_RLE
-    np.testing.assert_array_equal(decode_kaggle_rle(LITERAL_RLE, (4, 4)), LITERAL_MASK)
-    assert encode_kaggle_rle(np.zeros((3, 3), bool)) == ""
-    assert encode_kaggle_rle(np.ones((2, 3), bool)) == "1 6"
-    assert not decode_kaggle_rle("", (2, 2)).any() and not decode_kaggle_rle(float("nan"), (2, 2)).any()
-
-
-def test_kaggle_rle_round_trip_random():
-    rng = np.random.default_rng(4)
-    for mask in _random_masks(rng, 10, 15, 8):
-        np.testing.assert_array_equal(decode_kaggle_rle(encode_kaggle_rle(mask), mask.shape), mask)
-
-
-@pytest.mark.parametrize("bad", ["1 2 3", "0 2", "3 0", "a b", "15 3"])
-def test_kaggle_rle_malformed(bad):
-    with pytest.raises(ValueError):
-        decode_kaggle_rle(bad, (4, 4))
 
 
 # ------------------------------------------------------------------------------ CSV

@@ -1,7 +1,9 @@
-"""load_image over every image mode and bad input; expand_sources; atomic writes."""
+"""maskrcnn.io: load_image over every image mode and bad input; expand_sources; atomic writes;
+Kaggle run-length codes."""
 from __future__ import annotations
 
 import io as pyio
+import json
 import os
 
 import numpy as np
@@ -9,13 +11,20 @@ import pytest
 import torch
 from PIL import Image
 
-from maskrcnn.inference.io import (
+from maskrcnn.io import (
+    DataError,
     ImageLoadError,
     atomic_open,
     atomic_write,
+    decode_kaggle_rle,
+    encode_kaggle_rle,
     expand_sources,
+    image_sizes,
     load_image,
+    write_json_atomic,
 )
+
+from testing_utils import LITERAL_MASK, LITERAL_RLE
 
 
 def _check(t: torch.Tensor, h: int, w: int) -> None:
@@ -124,6 +133,13 @@ def test_exif_orientation_6_rotates(tmp_path):
     _check(t, 3, 2)
     torch.testing.assert_close(t[:, 0, 1], torch.tensor([1.0, 0.0, 0.0]))
     assert float(t.sum()) == 1.0
+    # exif=False keeps the stored pixels (what a dataset annotated on them needs)
+    stored = load_image(tmp_path / "rot.png", exif=False)
+    _check(stored, 2, 3)
+    torch.testing.assert_close(stored[:, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    with Image.open(tmp_path / "rot.png") as im:
+        torch.testing.assert_close(load_image(im), t)
+    assert image_sizes(tmp_path / "rot.png") == ((2, 3), (3, 2))  # (stored, displayed) (H, W)
 
 
 def test_pil_numpy_tensor_sources():
@@ -215,6 +231,7 @@ def test_error_is_a_value_error_and_pickles():
 
     err = pickle.loads(pickle.dumps(ImageLoadError("a.png", "broken")))
     assert isinstance(err, ValueError) and str(err) == "a.png: broken" and err.problem == "broken"
+    assert isinstance(err, DataError)  # the datasets' `except DataError` sees bad images too
 
 
 # ------------------------------------------------------------------------------ sources
@@ -289,3 +306,65 @@ def test_atomic_write_with_path_writer(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(tmp_path / "other.png", failing)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png"]
+
+
+def test_write_json_atomic(tmp_path):
+    path = tmp_path / "sub" / "data.json"
+    assert write_json_atomic({"a": [1, 2], "name": "café"}, path) == path
+    assert json.loads(path.read_text(encoding="utf-8")) == {"a": [1, 2], "name": "café"}
+    write_json_atomic([1], path, indent=1)
+    assert path.read_text() == "[\n 1\n]"
+    with pytest.raises(TypeError):
+        write_json_atomic({"bad": object()}, path)  # fails half-way through json.dump
+    assert path.read_text() == "[\n 1\n]"  # the old file survives
+    assert sorted(p.name for p in path.parent.iterdir()) == ["data.json"]  # no temp left
+
+
+# ------------------------------------------------------------------------------ Kaggle RLE
+
+
+def _kaggle_random_mask(rng, h=36, w=48):
+    """A box plus scattered single pixels (many short runs), uint8 0/1."""
+    m = np.zeros((h, w), dtype=np.uint8)
+    y, x = rng.integers(0, h - 10), rng.integers(0, w - 10)
+    m[y:y + rng.integers(3, 10), x:x + rng.integers(3, 10)] = 1
+    m[rng.random((h, w)) > 0.97] = 1
+    return m
+
+
+def test_kaggle_rle_known_examples():
+    # Kaggle's documented example: "1 3 10 5" = pixels 1,2,3 and 10..14, numbered down columns
+    mask = decode_kaggle_rle("1 3 10 5", (4, 4))
+    expected = np.zeros((4, 4), dtype=np.uint8)
+    expected[0:3, 0] = 1       # pixels 1-3: column 0, rows 0-2
+    expected[1:4, 2] = 1       # pixels 10-12: column 2, rows 1-3
+    expected[0:2, 3] = 1       # pixels 13-14: column 3, rows 0-1
+    assert mask.dtype == bool and np.array_equal(mask, expected)
+    assert encode_kaggle_rle(expected) == "1 3 10 5"
+
+    assert encode_kaggle_rle(LITERAL_MASK) == LITERAL_RLE
+    np.testing.assert_array_equal(decode_kaggle_rle(LITERAL_RLE, (4, 4)), LITERAL_MASK)
+    assert encode_kaggle_rle(torch.from_numpy(LITERAL_MASK)) == LITERAL_RLE
+    assert encode_kaggle_rle(np.zeros((3, 3), bool)) == ""
+    assert encode_kaggle_rle(np.ones((2, 3), bool)) == "1 6"
+    assert not decode_kaggle_rle("", (2, 2)).any() and not decode_kaggle_rle(float("nan"), (2, 2)).any()
+
+
+def test_kaggle_rle_round_trip():
+    rng = np.random.default_rng(0)
+    cases = [np.zeros((5, 7), np.uint8), np.ones((5, 7), np.uint8)]
+    cases += [_kaggle_random_mask(rng) for _ in range(20)]
+    cases += list(rng.random((10, 15, 8)) < rng.random((10, 1, 1)))  # bool, assorted densities
+    for mask in cases:
+        np.testing.assert_array_equal(decode_kaggle_rle(encode_kaggle_rle(mask), mask.shape), mask.astype(bool))
+    assert encode_kaggle_rle(np.ones((2, 3))) == "1 6" and encode_kaggle_rle(np.zeros((2, 3))) == ""
+
+
+@pytest.mark.parametrize(
+    "bad, shape",
+    [("1 2 3", (3, 3)), ("1 x", (3, 3)), ("10 10", (3, 3)), ("0 2", (3, 3)),
+     ("1 2 3", (4, 4)), ("0 2", (4, 4)), ("3 0", (4, 4)), ("a b", (4, 4)), ("15 3", (4, 4))],
+)
+def test_kaggle_rle_malformed(bad, shape):
+    with pytest.raises(DataError):  # a ValueError too, which the CSV reader catches
+        decode_kaggle_rle(bad, shape)
