@@ -26,7 +26,6 @@ from maskrcnn.inference.outputs import (
 from testing_utils import LITERAL_MASK, LITERAL_RLE
 
 # pycocotools' compiled decode trips numpy 2's __array__(copy=...) deprecation; not ours to fix
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def _random_masks(rng, num, h, w):
