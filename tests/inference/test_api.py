@@ -107,7 +107,8 @@ def test_label_map_agrees_with_masks_and_scores(by_type):
     best = masked_scores.max(dim=0).values
     winner = r.scores[(lm - 1).clamp(min=0).long()]
     assert torch.equal(winner[covered], best[covered])
-    assert bool(r.masks[(lm[covered] - 1).long(), *torch.nonzero(covered).T].all())
+    ys, xs = torch.nonzero(covered).T
+    assert bool(r.masks[(lm[covered] - 1).long(), ys, xs].all())
     overlapping = r.masks.sum(dim=0) > 1
     assert bool(overlapping.any()), "the test image should have overlapping masks"
 

@@ -25,8 +25,6 @@ from maskrcnn.inference.outputs import (
 
 from testing_utils import LITERAL_MASK, LITERAL_RLE
 
-# pycocotools' compiled decode trips numpy 2's __array__(copy=...) deprecation; not ours to fix
-
 
 def _random_masks(rng, num, h, w):
     masks = rng.random((num, h, w)) < rng.random((num, 1, 1))  # assorted densities
