@@ -112,15 +112,18 @@ def select_device(name: str, info: distributed.DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def build_datasets(cfg: Config, is_main: bool) -> tuple[CocoDataset, CocoDataset | None]:
+def build_datasets(cfg: Config) -> tuple[CocoDataset, CocoDataset | None]:
     d = cfg.data
     train_set = CocoDataset(d.train_annotations, d.train_images,
                             transforms=RandomHorizontalFlip(d.hflip_prob), skip_bad=d.skip_bad)
+    val_set = CocoDataset(d.val_annotations, d.val_images, skip_bad=d.skip_bad) if d.val_annotations else None
     if d.skip_bad:
         # Find unreadable images now, in this process: skips found later inside DataLoader
-        # workers could not be counted.
-        train_set.verify_images()
-    val_set = CocoDataset(d.val_annotations, d.val_images, skip_bad=d.skip_bad) if d.val_annotations else None
+        # workers could not be counted, and in evaluation a bad image would be replaced by its
+        # neighbour, whose detections would then be counted twice.
+        for dataset in (train_set, val_set):
+            if dataset is not None:
+                dataset.verify_images()
     return train_set, val_set
 
 
@@ -146,7 +149,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     out = Path(t.output_dir)
     log = print if info.is_main else (lambda *a, **k: None)
 
-    train_set, val_set = build_datasets(cfg, info.is_main)
+    train_set, val_set = build_datasets(cfg)
     model = build_training_model(cfg, train_set).to(device)
     optimizer = build_optimizer(model, s)
     scheduler = LRScheduler(optimizer, s)
@@ -217,7 +220,8 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
         return results
 
     log(f"training {cfg.preset} on {len(train_set)} images, {train_set.num_classes} classes, "
-        f"batch {s.batch_size} on {info.world_size} x {device.type}, iterations {start_iter}..{s.max_iter}")
+        f"batch {s.batch_size} on {info.world_size} x {device.type}, iterations {start_iter}..{s.max_iter}"
+        + (f"; {len(train_set.skipped)} bad images/annotations skipped" if cfg.data.skip_bad else ""))
     train_model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=s.max_iter, initial=start_iter, desc="train", disable=not (info.is_main and t.progress),

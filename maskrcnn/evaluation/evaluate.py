@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device)
         dataset = CocoDataset(args.data, args.images, skip_bad=args.skip_bad)
+        if args.skip_bad:
+            # drop unreadable images up front: lazily, one would be replaced by its neighbour,
+            # whose detections would then count twice
+            dataset.verify_images()
         model = load_model_for_eval(args.weights, device)
         evaluator = COCOEvaluator(args.data, label_to_category_id=label_mapping(model, dataset),
                                   class_names=dataset.class_names, iou_types=args.iou_types)
