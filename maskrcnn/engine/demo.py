@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo_output", help="output folder (default: ./demo_output)")
     parser.add_argument("--iterations", type=int, help="training iterations (default: the config's)")
     parser.add_argument("--train-images", type=int, default=500, help="synthetic training images")
-    parser.add_argument("--val-images", type=int, default=50, help="held-out images for evaluation")
+    parser.add_argument("--val-images", type=int, default=200, help="held-out images for evaluation")
     parser.add_argument("--overlays", type=int, default=8, help="held-out images to draw predictions on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

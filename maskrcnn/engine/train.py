@@ -147,7 +147,9 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     np.random.seed((t.seed + info.rank) % 2**32)
     random.seed(t.seed + info.rank)
     out = Path(t.output_dir)
-    log = print if info.is_main else (lambda *a, **k: None)
+    def log(message: str, file=None) -> None:  # rank 0 only; tqdm.write keeps the bar intact
+        if info.is_main:
+            tqdm.write(message, file=file)
 
     train_set, val_set = build_datasets(cfg)
     model = build_training_model(cfg, train_set).to(device)
