@@ -165,7 +165,8 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
         raise RuntimeError(f"{out} already holds checkpoints; pass --resume to continue that run, "
                            "or choose another train.output_dir")
     if resume and record is not None:
-        state = checkpointer.load(record, model, map_location=device)
+        # on the CPU: RNG states must be CPU tensors; the optimizer moves its own state to the params
+        state = checkpointer.load(record, model, map_location="cpu")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])

@@ -148,3 +148,16 @@ def _empty_config(tmp_path: Path) -> Path:
     path = tmp_path / "empty.yaml"
     path.write_text("# everything comes from the command line\n")
     return path
+
+
+@pytest.mark.cuda
+def test_cuda_mixed_precision_trains_and_resumes(tiny_shapes, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cuda = ["train.device=cuda", "solver.amp=true"]
+    run(tiny_overrides(tiny_shapes, tmp_path / "run", max_iter=2) + cuda)
+    result = run(tiny_overrides(tiny_shapes, tmp_path / "run", max_iter=4) + cuda, resume=True)
+    assert result.iteration == 4
+    state = torch.load(tmp_path / "run" / "state_0000004.pt", weights_only=True)
+    assert "scale" in state["scaler"] and "cuda" in state["rng"][0]
+    assert all(torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point())
