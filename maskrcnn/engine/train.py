@@ -20,7 +20,6 @@ CUDA and gloo on CPU; `solver.batch_size` is the total over all processes; only 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
