@@ -89,6 +89,12 @@ def test_sigkill_mid_run_then_resume(tiny_shapes, tmp_path):
     assert (out / "model_final.safetensors").is_file()
     assert not list(out.glob(".*.tmp")), "half-written files of the killed run were left behind"
 
+    # ... and ends where a run that was never killed ends, bit for bit (same thread count)
+    straight = [a.replace(str(out), str(tmp_path / "straight")) for a in command]
+    subprocess.run(straight, cwd=REPO, env=env, capture_output=True, check=True, timeout=300)
+    assert_same_weights(load_file(str(tmp_path / "straight" / "model_final.safetensors")),
+                        load_file(str(out / "model_final.safetensors")))
+
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_shapes, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
