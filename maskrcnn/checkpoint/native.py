@@ -27,11 +27,6 @@ def config_path_for(weights_path: str | Path) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
-# The engine's checkpointer and metrics log import `atomic_replace` from here; it is the one
-# atomic writer, `maskrcnn.io.atomic_write`, until they import that directly.
-atomic_replace = atomic_write
-
-
 def save_model(model: MaskRCNN, path: str | Path, extra: dict | None = None) -> Path:
     """Write `path` (.safetensors) and its .json config beside it. Returns the weights path."""
     path = Path(path)

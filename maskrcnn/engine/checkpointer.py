@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..checkpoint.native import atomic_replace, load_checked, save_model
+from ..checkpoint.native import load_checked, save_model
+from ..io import atomic_write, write_json_atomic
 from ..checkpoint.torchvision import convert_state_dict, read_state_dict
 from ..modeling.mask_rcnn import MaskRCNN
 
@@ -83,9 +84,9 @@ class Checkpointer:
         """Write weights, then state, then move the pointer, then prune. Rank 0 only."""
         model_name, state_name = self.names(iteration)
         save_model(model, self.directory / model_name, extra={"iteration": iteration})
-        atomic_replace(self.directory / state_name, lambda tmp: torch.save({"iteration": iteration, **state}, tmp))
+        atomic_write(self.directory / state_name, lambda tmp: torch.save({"iteration": iteration, **state}, tmp))
         pointer = {"iteration": iteration, "model": model_name, "state": state_name}
-        atomic_replace(self.directory / POINTER, lambda tmp: Path(tmp).write_text(json.dumps(pointer, indent=1)))
+        write_json_atomic(pointer, self.directory / POINTER, indent=1)
         self._prune(keep_name=model_name)
         return self.directory / model_name
 

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint.native import atomic_replace
+from ..io import atomic_write
 
 
 class MetricsWriter:
@@ -43,7 +43,7 @@ class MetricsWriter:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a crash
-        atomic_replace(self.path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
 
     def write(self, iteration: int, values: dict[str, Any]) -> None:
         if not self.enabled:
