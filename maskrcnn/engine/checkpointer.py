@@ -70,11 +70,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 class Checkpointer:
-    """Writes and finds checkpoints in `directory`; `keep` periodic checkpoints stay on disk."""
+    """Writes and finds checkpoints in `directory`; `keep` periodic checkpoints stay on disk.
+    `metadata` (e.g. the dataset's category ids) goes into every model's .json config."""
 
-    def __init__(self, directory: str | Path, keep: int = 3):
+    def __init__(self, directory: str | Path, keep: int = 3, metadata: dict[str, Any] | None = None):
         self.directory = Path(directory)
         self.keep = keep
+        self.metadata = dict(metadata or {})
 
     @staticmethod
     def names(iteration: int) -> tuple[str, str]:
@@ -83,7 +85,7 @@ class Checkpointer:
     def save(self, iteration: int, model: MaskRCNN, state: dict[str, Any]) -> Path:
         """Write weights, then state, then move the pointer, then prune. Rank 0 only."""
         model_name, state_name = self.names(iteration)
-        save_model(model, self.directory / model_name, extra={"iteration": iteration})
+        save_model(model, self.directory / model_name, extra={**self.metadata, "iteration": iteration})
         atomic_write(self.directory / state_name, lambda tmp: torch.save({"iteration": iteration, **state}, tmp))
         pointer = {"iteration": iteration, "model": model_name, "state": state_name}
         write_json_atomic(pointer, self.directory / POINTER, indent=1)

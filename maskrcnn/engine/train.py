@@ -156,7 +156,9 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     scheduler = LRScheduler(optimizer, s)
     use_amp = s.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    checkpointer = Checkpointer(out, keep=t.keep_checkpoints)
+    # COCO category ids travel with the weights, so predictions can be written as COCO results.
+    metadata = {"category_ids": {str(k): v for k, v in train_set.label_to_category_id.items()}}
+    checkpointer = Checkpointer(out, keep=t.keep_checkpoints, metadata=metadata)
 
     start_iter = 0
     record = checkpointer.latest()
@@ -287,7 +289,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
 
     final_weights = None
     if info.is_main:
-        final_weights = save_model(model, out / "model_final.safetensors", extra={"iteration": s.max_iter})
+        final_weights = save_model(model, out / "model_final.safetensors", extra={**metadata, "iteration": s.max_iter})
     if evaluator is not None:
         eval_results = evaluate(s.max_iter)
         if info.is_main and eval_results:

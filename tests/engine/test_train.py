@@ -44,6 +44,11 @@ def test_resume_gives_bit_identical_weights(tiny_shapes, tmp_path):
     # and the files on disk agree with the models in memory
     assert_same_weights(load_file(str(tmp_path / "a" / "model_final.safetensors")),
                         load_file(str(tmp_path / "b" / "model_final.safetensors")))
+    # the dataset's COCO category ids travel with the weights (shapes uses ids 1, 3, 7)
+    categories = {c["id"] for c in json.loads(tiny_shapes.read_text())["categories"]}
+    for folder in ("a", "b"):
+        meta = json.loads((tmp_path / folder / "model_final.json").read_text())
+        assert set(meta["category_ids"].values()) == categories
     # the resumed run's log has every iteration once
     iterations = [json.loads(line)["iteration"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
                   if "loss" in json.loads(line)]
