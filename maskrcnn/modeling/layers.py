@@ -87,3 +87,21 @@ class ConvNormAct(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         return torch.relu(x) if self.activation else x
+
+
+def conv_stack(in_channels: int, dims: tuple[int, ...], norm: NormFactory | None = None) -> nn.Sequential:
+    """3x3 conv (+ norm) + ReLU layers of the given widths."""
+    layers = []
+    for dim in dims:
+        layers.append(ConvNormAct(in_channels, dim, 3, norm=norm))
+        in_channels = dim
+    return nn.Sequential(*layers)
+
+
+def init_for_relu(modules) -> None:
+    """He initialization (fan-out) for the convolutions among `modules`, zero biases."""
+    for layer in modules:
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)

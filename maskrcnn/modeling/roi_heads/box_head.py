@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import BoxCoder, batched_nms, clip_boxes, remove_small_boxes
-from ..layers import ConvNormAct, NormFactory
+from ..layers import NormFactory, conv_stack, init_for_relu
 
 
 class BoxHead(nn.Module):
@@ -30,23 +30,15 @@ class BoxHead(nn.Module):
         norm: NormFactory | None = None,
     ):
         super().__init__()
-        convs = []
-        for dim in conv_dims:
-            convs.append(ConvNormAct(in_channels, dim, 3, norm=norm))
-            in_channels = dim
-        self.convs = nn.Sequential(*convs)
+        self.convs = conv_stack(in_channels, conv_dims, norm)
         fcs = []
-        in_features = in_channels * pooled_size * pooled_size
+        in_features = (conv_dims[-1] if conv_dims else in_channels) * pooled_size * pooled_size
         for dim in fc_dims:
             fcs.append(nn.Linear(in_features, dim))
             in_features = dim
         self.fcs = nn.ModuleList(fcs)
         self.out_features = in_features
-        for layer in self.convs.modules():
-            if isinstance(layer, nn.Conv2d):
-                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
+        init_for_relu(self.convs.modules())
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.convs(x).flatten(1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import mask_targets
-from ..layers import ConvNormAct, NormFactory
+from ..layers import NormFactory, conv_stack, init_for_relu
 
 
 class MaskHead(nn.Module):
@@ -27,18 +27,11 @@ class MaskHead(nn.Module):
         norm: NormFactory | None = None,
     ):
         super().__init__()
-        convs = []
-        for dim in conv_dims:
-            convs.append(ConvNormAct(in_channels, dim, 3, norm=norm))
-            in_channels = dim
-        self.convs = nn.Sequential(*convs)
-        self.deconv = nn.ConvTranspose2d(in_channels, in_channels, 2, stride=2)
-        self.predictor = nn.Conv2d(in_channels, num_classes, 1)
-        for layer in self.modules():
-            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
+        self.convs = conv_stack(in_channels, conv_dims, norm)
+        channels = conv_dims[-1] if conv_dims else in_channels
+        self.deconv = nn.ConvTranspose2d(channels, channels, 2, stride=2)
+        self.predictor = nn.Conv2d(channels, num_classes, 1)
+        init_for_relu(self.modules())
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.convs(x)
