@@ -1,21 +1,11 @@
-"""Reading images and writing files, for every part of the package (data, inference,
-checkpoints, training).
+"""Images in, as the model takes them: float32 (3, H, W), RGB, values in [0, 1].
 
-`load_image` turns whatever a user has (a path, a PIL image, a numpy array, a tensor) into the one
-layout the model takes: float32 (3, H, W), RGB, values in [0, 1]. Grayscale, palette, RGBA,
+`load_image` accepts a path, a PIL image, a numpy array or a tensor. Grayscale, palette, RGBA,
 16-bit and EXIF-rotated images are converted, never rejected; unreadable, truncated, zero-size
 and oversized images raise `ImageLoadError`, whose message names the file and the problem, so a
 batch run can report it and carry on with the next file. `open_image` is the one place a file is
 opened and decoded; `exif_transpose` and `image_sizes` let a dataset decide for itself whether
 the EXIF orientation applies (`CocoDataset` keeps whichever orientation the JSON sizes match).
-
-`expand_sources` turns command-line sources (files, folders, glob patterns) into a file list.
-`atomic_open` / `atomic_write` / `write_json_atomic` write every output through a temporary file
-in the same folder and `os.replace`, so an interrupted run never leaves a half-written file
-under the final name.
-
-`encode_kaggle_rle` / `decode_kaggle_rle`: Kaggle's run-length masks, read by the CSV converter
-and written by the prediction CSV.
 
     >>> img = load_image("photo.jpg")            # doctest: +SKIP
     >>> img.shape, img.dtype                     # doctest: +SKIP
@@ -23,41 +13,15 @@ and written by the prediction CSV.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import os
-import re
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
-
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "EXIF_ORIENTATION_TAG",
-    "IMAGE_EXTENSIONS",
-    "DataError",
-    "ImageLoadError",
-    "ImageSource",
-    "atomic_open",
-    "atomic_write",
-    "decode_kaggle_rle",
-    "encode_kaggle_rle",
-    "exif_transpose",
-    "expand_sources",
-    "image_sizes",
-    "is_image_file",
-    "load_image",
-    "open_image",
-    "write_json_atomic",
-]
 
 # 50 MP (about 7000 x 7000): already 600 MB as a float32 RGB tensor, and inference keeps R
 # full-size mask planes besides; bigger inputs are almost always a mistake (or a bomb).
@@ -359,205 +323,3 @@ def _finish(tensor: Tensor, scale: float, name: str) -> Tensor:
         if lo < 0 or hi > 1:
             tensor = tensor.clamp(0, 1)
     return tensor.contiguous()
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    """True when the file name has one of IMAGE_EXTENSIONS (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-_GLOB_MAGIC = re.compile(r"[*?[]")
-
-
-def expand_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files, folders and glob patterns -> the image files they name, in order, without duplicates.
-
-    - an existing file is kept whatever its extension (a bad one is reported by load_image);
-    - a folder gives its image files (by extension, not recursive, hidden files skipped,
-      sorted by name);
-    - a glob pattern (`*`, `?`, `[...]`; `**` recurses) gives its matching image files, sorted.
-    `~` is expanded. Raises FileNotFoundError naming every source that gave no file at all.
-    """
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]  # a lone string would otherwise be iterated character by character
-    found: dict[Path, None] = {}  # an ordered set
-    problems: list[str] = []
-    for source in sources:
-        text = os.path.expanduser(os.fspath(source))
-        path = Path(text)
-        if path.is_dir():
-            matches = sorted(
-                p for p in path.iterdir()
-                if p.is_file() and is_image_file(p) and not p.name.startswith(".")
-            )
-            if not matches:
-                problems.append(f"{text!r}: folder has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        elif path.is_file():
-            matches = [path]
-        elif _GLOB_MAGIC.search(text):
-            import glob  # only needed here
-
-            matches = sorted(
-                Path(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p) and is_image_file(p)
-            )
-            if not matches:
-                problems.append(f"{text!r}: pattern matches no image file")
-        else:
-            matches = []
-            problems.append(f"{text!r}: no such file or folder")
-        for match in matches:
-            found.setdefault(match)
-    if problems:
-        raise FileNotFoundError("no images found for " + "; ".join(problems))
-    return list(found)
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def _read_umask() -> int:
-    # mkstemp creates files 0600; outputs should get the usual permissions instead. umask can
-    # only be read by setting it, so do it once at import rather than on every write.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def _temp_path(path: Path) -> Path:
-    # Same folder (so os.replace is an atomic rename, never a cross-device copy), hidden name
-    # (so globs over the output folder skip it), the real suffix last (so writers that infer
-    # the format from the name, like PIL's save, still do).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    return Path(tmp)
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    with contextlib.suppress(OSError):  # fsync is best-effort (unsupported on some filesystems)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _replacing(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it onto `path` when the block ends normally,
-    delete it when the block raises (an existing file at `path` is then left untouched)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        yield tmp
-        _commit(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
-    """Call `writer(tmp_path)` to write a temporary file, then move it to `path` in one step.
-
-    The temporary file lives in the destination folder and ends with the same suffix as
-    `path`, so `writer` may be e.g. `lambda p: image.save(p)` or
-    `lambda p: torch.save(state, p)`. If `writer` raises, the temporary file is removed and an
-    existing file at `path` is left untouched. Missing parent folders are created. Returns
-    `path` as a Path.
-    """
-    with _replacing(path) as tmp:
-        writer(tmp)
-    return Path(path)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
-    """`open(path, mode)` for writing, made atomic: the file appears under `path` only when the
-    `with` block ends without an exception; otherwise nothing is left behind.
-
-        with atomic_open("results.json", "w", encoding="utf-8") as f:
-            json.dump(results, f)
-
-    mode: "w", "wt" or "wb". Extra keyword arguments (encoding, newline...) go to `open`.
-    """
-    if mode not in ("w", "wt", "wb"):
-        raise ValueError(f"atomic_open only writes whole files (mode 'w', 'wt' or 'wb'), got {mode!r}")
-    # the file is closed (flushed) before _replacing moves it into place
-    with _replacing(path) as tmp, open(tmp, mode, **open_kwargs) as f:
-        yield f
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike, **dump_kwargs: Any) -> Path:
-    """`json.dump(obj)` to `path` (UTF-8) through `atomic_open`, so a crash or a full disk never
-    leaves a truncated file where a good one was. `dump_kwargs` go to `json.dump` (indent,
-    default, separators...). Missing parent folders are created. Returns `path` as a Path."""
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, **dump_kwargs)
-    return Path(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Kaggle run-length encoding
-
-
-def encode_kaggle_rle(mask: np.ndarray | Tensor, *, mask_threshold: float = 0.5) -> str:
-    """(H, W) mask -> Kaggle run-length string "start length start length ...".
-
-    Pixels are numbered from 1, top to bottom, then left to right (column-major), as in
-    Kaggle's Data Science Bowl 2018 and Airbus Ship Detection. An empty mask gives "". bool
-    masks are taken as they are; other dtypes (0/1 or 0/255 integers, float probabilities)
-    are binarized with `>= mask_threshold`. Tensors on any device and arrays are accepted.
-
-        >>> encode_kaggle_rle(np.array([[0, 1], [1, 1]], dtype=bool))
-        '2 3'
-    """
-    m = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
-    if m.dtype != np.bool_:
-        m = m >= mask_threshold  # `>=` as detectron2's paste does
-    if m.ndim != 2:
-        raise ValueError(f"encode_kaggle_rle takes one (H, W) mask, got shape {m.shape}")
-    # pad with a background pixel at both ends so every run has a start and an end edge
-    pixels = np.concatenate([[False], m.ravel(order="F"), [False]])
-    edges = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1  # 1-based: run starts, then ends (exclusive)
-    edges[1::2] -= edges[::2]  # ends -> lengths
-    return " ".join(map(str, edges.tolist()))
-
-
-def decode_kaggle_rle(rle: str | None, shape: tuple[int, int]) -> np.ndarray:
-    """Kaggle run-length string -> bool (H, W) mask; the inverse of `encode_kaggle_rle`.
-
-    "", None or NaN (an empty CSV cell read by pandas) give an empty mask. Raises DataError
-    (a ValueError) for odd counts, non-integers, runs that start before pixel 1, have a length
-    below 1, or end past pixel H * W.
-    """
-    height, width = (int(s) for s in shape)
-    total = height * width
-    if rle is None or (isinstance(rle, float) and math.isnan(rle)) or not str(rle).strip():
-        return np.zeros((height, width), dtype=bool)
-    try:
-        numbers = np.array(str(rle).split(), dtype=np.int64)
-    except ValueError:
-        raise DataError(f"malformed RLE {str(rle)[:40]!r}: not all integers") from None
-    if numbers.size % 2:
-        raise DataError(f"malformed RLE {str(rle)[:40]!r}: odd number of values ({numbers.size})")
-    starts, lengths = numbers[0::2] - 1, numbers[1::2]  # 0-based starts
-    if (starts < 0).any() or (lengths < 1).any():
-        raise DataError(f"malformed RLE {str(rle)[:40]!r}: starts must be >= 1 and lengths >= 1")
-    ends = starts + lengths
-    if ends.max() > total:
-        raise DataError(f"RLE run ends at pixel {int(ends.max())}, beyond the {height}x{width} = {total} pixels")
-    # +1 at each run start, -1 one past each end; the running sum is > 0 inside a run (also
-    # when runs overlap or come unsorted)
-    delta = np.bincount(starts, minlength=total + 1) - np.bincount(ends, minlength=total + 1)
-    return (np.cumsum(delta[:total]) > 0).reshape((height, width), order="F")
