@@ -1,6 +1,6 @@
 """Output formats: COCO RLE and results, label maps, Kaggle RLE CSV, atomic writers.
 
-The Kaggle RLE codec itself is tested in tests/test_io.py, beside maskrcnn/io.py."""
+The Kaggle RLE codec itself is tested in tests/test_io.py, beside maskrcnn/io/."""
 from __future__ import annotations
 
 import json
