@@ -96,13 +96,9 @@ class RPN(nn.Module):
         anchors_per_level = self.anchor_generator(tuple(images.tensor.shape[-2:]), feature_sizes)
         anchors = torch.cat(anchors_per_level, dim=0)  # (S, 4), the same for every image
         objectness, deltas = flatten_head_outputs(objectness_maps, delta_maps)
-        num_images = objectness.shape[0]
 
-        # (N*S, 4) -> (N, S, 4)
-        boxes = self.box_coder.decode(deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
-        boxes = boxes.view(num_images, -1, 4)
         counts = [a.shape[0] for a in anchors_per_level]
-        proposals = self.select_proposals(boxes, objectness.detach(), counts, images.image_sizes)
+        proposals = self.select_proposals(anchors, deltas.detach(), objectness.detach(), counts, images.image_sizes)
 
         losses = {}
         if targets is not None:
@@ -110,9 +106,12 @@ class RPN(nn.Module):
         return proposals, losses
 
     def select_proposals(
-        self, boxes: Tensor, objectness: Tensor, counts: list[int], image_sizes: list[tuple[int, int]]
+        self, anchors: Tensor, deltas: Tensor, objectness: Tensor, counts: list[int],
+        image_sizes: list[tuple[int, int]],
     ) -> list[Tensor]:
-        """Top-k per level, clip, drop tiny boxes, NMS per level, keep the best per image."""
+        """Top-k per level, decode, clip, drop tiny boxes, NMS per level, keep the best per image.
+
+        anchors (S, 4), deltas (N, S, 4), objectness (N, S); only the top-k anchors are decoded."""
         pre_nms_topk = self.pre_nms_topk[self.training]
         top_idx, levels = [], []
         start = 0
@@ -120,13 +119,15 @@ class RPN(nn.Module):
             k = min(pre_nms_topk, count)
             idx = objectness[:, start:start + count].topk(k, dim=1).indices + start  # (N, k)
             top_idx.append(idx)
-            levels.append(torch.full((k,), level, dtype=torch.int64, device=boxes.device))
+            levels.append(torch.full((k,), level, dtype=torch.int64, device=objectness.device))
             start += count
         top_idx = torch.cat(top_idx, dim=1)
         levels = torch.cat(levels)
-        batch = torch.arange(boxes.shape[0], device=boxes.device)[:, None]
+        batch = torch.arange(objectness.shape[0], device=objectness.device)[:, None]
         scores = torch.sigmoid(objectness[batch, top_idx])
-        boxes = boxes[batch, top_idx]
+        # (N, K, 4) deltas of the kept anchors -> (N, K, 4) boxes
+        boxes = self.box_coder.decode(deltas[batch, top_idx].reshape(-1, 4), anchors[top_idx].reshape(-1, 4))
+        boxes = boxes.view(top_idx.shape[0], -1, 4)
 
         proposals = []
         for boxes_per_image, scores_per_image, size in zip(boxes, scores, image_sizes):
