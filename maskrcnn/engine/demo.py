@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 
 from ..data import CocoDataset, generate_shapes_dataset, write_json_atomic
+from ..inference.outputs import write_image
+from ..io import atomic_write
 from .config import ConfigError, load_config
 
 CONFIG = "shapes_cpu.yaml"
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             f"on {args.train_images} synthetic images, evaluated on {args.val_images} held-out images.\n\n"
             f"{format_results(results)}\n\nweights: {result.final_weights}\noverlays: {out / 'overlays'}\n"
             f"time: {seconds:.0f} s\n")
-    (out / "summary.txt").write_text(text)
+    atomic_write(out / "summary.txt", lambda tmp: Path(tmp).write_text(text))
     print(text)
     print(f"demo: mask AP50 = {segm['AP50']:.3f}, mask AP = {segm['AP']:.3f}, time = {seconds:.0f} s")
     return 0
@@ -119,6 +121,6 @@ def draw_overlays(model, annotations: Path, out_dir: Path, count: int, score_thr
         canvas.paste(draw_instances(big, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)), (0, 0))
         canvas.paste(drawn, (drawn.width, 0))
         path = out_dir / f"{target['image_id']:06d}.png"
-        canvas.save(path)
+        write_image(path, canvas)
         paths.append(path)
     return paths
