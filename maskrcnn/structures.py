@@ -20,17 +20,14 @@ class ImageList:
     tensor: Tensor
     image_sizes: list[tuple[int, int]]
 
-    def to(self, device: torch.device | str) -> "ImageList":
-        return ImageList(self.tensor.to(device), list(self.image_sizes))
-
 
 @dataclass
 class Detections:
     """Detections of one image, in the original image's pixel coordinates.
 
     boxes: float (R, 4) xyxy; scores: float (R,); labels: int64 (R,), 1..K-1 (0 is background);
-    masks: float (R, H, W) pasted probabilities at the original size, or None when the model
-    has no mask branch or was asked not to paste.
+    masks: float (R, H, W) pasted probabilities at the original size; (R, 28, 28) when the
+    model was called with paste_masks=False; None when the model has no mask branch.
     """
 
     boxes: Tensor
@@ -46,9 +43,6 @@ class Detections:
         if key not in ("boxes", "scores", "labels", "masks"):
             raise KeyError(key)
         return getattr(self, key)
-
-    def keys(self) -> list[str]:
-        return [k for k in ("boxes", "scores", "labels", "masks") if getattr(self, k) is not None]
 
     def to(self, device: torch.device | str) -> "Detections":
         return Detections(

@@ -76,8 +76,9 @@ def load_checked(model: MaskRCNN, state: dict[str, torch.Tensor], source: str) -
             f"but the model has {own[cls_key].shape[0]}"
         )
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    # BatchNorm step counters carry no information for inference or frozen norms
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
     if mismatched or missing or unexpected:
         raise ValueError(
             f"{source} does not fit this architecture: "

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..modeling.build import ModelConfig, build_model
 from ..modeling.mask_rcnn import MaskRCNN
+from .native import load_checked
 
 # (pattern, replacement) applied in order; the first that matches wins.
 _RULES: list[tuple[str, str]] = [
@@ -121,12 +122,6 @@ def from_torchvision(state_dict_or_path: str | Path | dict, variant: str = "v1",
         raise ValueError(f"num_classes={options['num_classes']} but the checkpoint has {config['num_classes']} classes")
     config.update(options)
     model = build_model(ModelConfig.from_dict(config))
-    missing, unexpected = model.load_state_dict(convert_state_dict(state), strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint does not fit a {variant} Mask R-CNN: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
+    source = "checkpoint" if isinstance(state_dict_or_path, dict) else str(state_dict_or_path)
+    load_checked(model, convert_state_dict(state), f"{source} ({variant} torchvision layout)")
     return model.eval()

@@ -42,6 +42,14 @@ class Matcher:
         return matches
 
 
+def crowd_mask(target: dict[str, Tensor]) -> Tensor:
+    """bool (G,): which of one image's gt instances are crowd regions (none if unflagged)."""
+    crowd = target.get("iscrowd")
+    if crowd is None:
+        return torch.zeros(target["boxes"].shape[0], dtype=torch.bool, device=target["boxes"].device)
+    return crowd.bool()
+
+
 def match_to_gt(
     matcher: Matcher,
     gt_boxes: Tensor,

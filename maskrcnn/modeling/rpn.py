@@ -13,7 +13,7 @@ from ..ops import BoxCoder, batched_nms, clip_boxes, remove_small_boxes
 from ..structures import ImageList
 from .anchors import AnchorGenerator
 from .layers import ConvNormAct
-from .matcher import BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD, Matcher, match_to_gt, sample_balanced
+from .matcher import BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD, Matcher, crowd_mask, match_to_gt, sample_balanced
 
 
 class RPNHead(nn.Module):
@@ -146,8 +146,9 @@ class RPN(nn.Module):
         labels, pos_idx, neg_idx, gt_for_pos = [], [], [], []
         num_anchors = anchors.shape[0]
         for i, target in enumerate(targets):
-            gt_boxes, crowd_boxes = split_crowd(target)
-            matches = match_to_gt(self.matcher, gt_boxes, crowd_boxes, anchors)
+            crowd = crowd_mask(target)
+            gt_boxes = target["boxes"][~crowd]
+            matches = match_to_gt(self.matcher, gt_boxes, target["boxes"][crowd], anchors)
             label = (matches >= 0).to(objectness.dtype)
             label[matches == BETWEEN_THRESHOLDS] = -1
             label[matches == BELOW_LOW_THRESHOLD] = 0
@@ -168,13 +169,3 @@ class RPN(nn.Module):
         box_loss = box_loss / max(1, sampled.numel())
         objectness_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
-
-
-def split_crowd(target: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """(boxes of ordinary instances, boxes of crowd regions) of one image's target."""
-    boxes = target["boxes"]
-    crowd = target.get("iscrowd")
-    if crowd is None:
-        return boxes, boxes[:0]
-    crowd = crowd.bool()
-    return boxes[~crowd], boxes[crowd]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ...ops import BoxCoder, MultiScaleRoIAlign
-from ..matcher import BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD, Matcher, match_to_gt, sample_balanced
+from ..matcher import BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD, Matcher, crowd_mask, match_to_gt, sample_balanced
 from .box_head import BoxHead, BoxPredictor, box_losses, postprocess_boxes
 from .mask_head import MaskHead, mask_loss, select_class
 
@@ -111,7 +111,7 @@ class RoIHeads(nn.Module):
         the image's non-crowd gt), and regression targets (R, 4)."""
         out_props, out_labels, out_idx, out_targets = [], [], [], []
         for props, target in zip(proposals, targets):
-            crowd = target.get("iscrowd", torch.zeros_like(target["labels"])).bool()
+            crowd = crowd_mask(target)
             gt_boxes, gt_labels = target["boxes"][~crowd], target["labels"][~crowd]
             # Adding the gt boxes guarantees positives early in training, when proposals are poor.
             props = torch.cat([props, gt_boxes.to(props.dtype)])
@@ -147,10 +147,7 @@ class RoIHeads(nn.Module):
             pos_props = [p[i] for p, i in zip(props, positive)]
             pos_labels = torch.cat([l[i] for l, i in zip(labels, positive)])
             pos_matched = [m[i] for m, i in zip(matched_idxs, positive)]
-            gt_masks = []
-            for target in targets:
-                crowd = target.get("iscrowd", torch.zeros_like(target["labels"])).bool()
-                gt_masks.append(target["masks"][~crowd])
+            gt_masks = [target["masks"][~crowd_mask(target)] for target in targets]
             mask_logits = self.mask_head(self.mask_pooler(features, pos_props))
             losses["loss_mask"] = mask_loss(mask_logits, pos_labels, pos_props, gt_masks, pos_matched)
         return losses
