@@ -1,8 +1,10 @@
 """Input transform: normalize, resize, pad into a batch; and map results back to each image.
 
-Follows torchvision's GeneralizedRCNNTransform arithmetic exactly (normalize first, then a
-bilinear resize whose scale is computed in float32 and whose size is floor(side * scale)), so
-that published weights see the same pixels they were trained on.
+Follows torchvision's eager GeneralizedRCNNTransform arithmetic exactly (normalize first, then a
+bilinear resize whose scale is min(min_size / short, max_size / long) in Python (double) floats
+and whose size is floor(side * scale)), so that published weights see the same pixels they were
+trained on. torchvision computes the scale in float32 only when tracing or scripting; that gives
+a size one pixel smaller on about half of all image sizes (375x500 -> 799x1066, not 800x1066).
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def resized_size(height: int, width: int, min_size: float, max_size: float) -> tuple[int, int]:
-    """Short side to min_size unless the long side would exceed max_size."""
-    short = torch.tensor(float(min(height, width)), dtype=torch.float32)
-    long = torch.tensor(float(max(height, width)), dtype=torch.float32)
-    scale = torch.min(float(min_size) / short, float(max_size) / long).item()
+    """Short side to min_size unless the long side would exceed max_size.
+
+    Double-precision arithmetic, as torchvision's eager path and F.interpolate(scale_factor=...,
+    recompute_scale_factor=True) do it; an exported graph must use the same (see export)."""
+    scale = min(float(min_size) / min(height, width), float(max_size) / max(height, width))
     return math.floor(height * scale), math.floor(width * scale)
 
 
