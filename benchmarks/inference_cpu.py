@@ -50,37 +50,49 @@ def _timed(fn):
     return result, time.perf_counter() - start
 
 
-def run_stages(model, image, count_flops: bool = False):
-    """One inference pass, stage by stage (the same calls `MaskRCNN.forward` makes).
-    Returns per-stage seconds (or FLOPs, with count_flops) and the number of detections."""
-    times = {}
-    if count_flops:
-        def _timed(fn):
-            with FlopCounterMode(display=False) as counter:
-                result = fn()
-            return result, counter.get_total_flops()
-    else:
-        _timed = globals()["_timed"]
-    rh = model.roi_heads
-    image_list, times["transform"] = _timed(lambda: model.transform([image])[0])
-    features, times["backbone+FPN"] = _timed(lambda: model.backbone(image_list.tensor))
-    (proposals, _), times["RPN"] = _timed(lambda: model.rpn(image_list, features))
-    roi_features = features[:4]
+# Stages inside `MaskRCNN.detect`, as (module whose forward starts the stage, module whose forward
+# ends it); "box branch" is the RoI heads' time less the mask branch's.
+HOOKED = {
+    "backbone+FPN": ("backbone", "backbone"),
+    "RPN": ("rpn", "rpn"),
+    "roi heads": ("roi_heads", "roi_heads"),
+    "mask branch": ("roi_heads.mask_pooler", "roi_heads.mask_head"),
+}
 
-    def box_branch():
-        from maskrcnn.modeling.roi_heads.box_head import postprocess_boxes
 
-        class_logits, deltas = rh.box_predictor(rh.box_head(rh.box_pooler(roi_features, proposals)))
-        return postprocess_boxes(class_logits, deltas, proposals, image_list.image_sizes, rh.box_coder,
-                                 rh.score_thresh, rh.nms_thresh, rh.detections_per_img)
+def stage_times(model, image):
+    """One pass of the staged inference path (preprocess -> detect -> postprocess), timed per
+    stage; stages inside `detect` are read with forward hooks. Returns seconds per stage and
+    the number of detections."""
+    times, starts, hooks = {}, {}, []
+    for stage, (first, last) in HOOKED.items():
+        hooks.append(model.get_submodule(first).register_forward_pre_hook(
+            lambda *_, stage=stage: starts.__setitem__(stage, time.perf_counter())))
+        hooks.append(model.get_submodule(last).register_forward_hook(
+            lambda *_, stage=stage: times.__setitem__(stage, time.perf_counter() - starts[stage])))
+    try:
+        (batch, _), times["transform"] = _timed(lambda: model.preprocess([image]))
+        detections = model.detect(batch)
+        _, times["paste"] = _timed(lambda: model.postprocess(detections, batch.image_sizes, [tuple(image.shape[-2:])]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    times["box branch"] = times.pop("roi heads") - times["mask branch"]
+    return times, len(detections[0])
 
-    boxes, times["box branch"] = _timed(box_branch)
-    b, s, l = boxes[0]
-    masks, times["mask branch"] = _timed(lambda: rh.mask_logits(roi_features, [b], l).sigmoid())
-    _, times["paste"] = _timed(
-        lambda: model.to_original_size((b, s, l, masks), image_list.image_sizes[0], tuple(image.shape[-2:]), True)
-    )
-    return times, len(b)
+
+def stage_flops(model, image) -> dict[str, float]:
+    """FLOPs per stage, from one forward under torch's FLOP counter (counted per module)."""
+    with FlopCounterMode(display=False) as counter:
+        model([image])
+    per_module = {name: sum(counts.values()) for name, counts in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    flops = {stage: per_module.get(f"{root}.{first}", 0.0) for stage, (first, _) in HOOKED.items()}
+    flops["mask branch"] += per_module.get(f"{root}.roi_heads.mask_head", 0.0)
+    flops["box branch"] = flops.pop("roi heads") - flops["mask branch"]
+    flops["transform"] = per_module.get(f"{root}.transform", 0.0)
+    flops["paste"] = per_module["Global"] - sum(flops.values())
+    return flops
 
 
 def main(argv=None) -> int:
@@ -98,16 +110,14 @@ def main(argv=None) -> int:
     image = torch.from_numpy(array).permute(2, 0, 1).float() / 255
 
     with torch.no_grad():
-        with FlopCounterMode(display=False) as counter:
-            model([image])
-        flops = counter.get_total_flops()
-        stage_flops, _ = run_stages(model, image, count_flops=True)
-        run_stages(model, image)  # warm-up
+        flops_per_stage = stage_flops(model, image)
+        flops = sum(flops_per_stage.values())
+        stage_times(model, image)  # warm-up
         per_run, totals = [], []
         for _ in range(args.runs):
             _, total = _timed(lambda: model([image]))
             totals.append(total)
-            per_run.append(run_stages(model, image))
+            per_run.append(stage_times(model, image))
     rate = matmul_rate()
     floor = flops / rate
     median_total = statistics.median(totals)
@@ -122,10 +132,10 @@ def main(argv=None) -> int:
     print(f"| {'stage':<14} | {'median s':>8} | {'share':>6} | {'GFLOP':>6} | {'floor s':>7} | {'x floor':>7} |")
     print(f"|{'-' * 16}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 9}|")
     for k in STAGES:
-        stage_floor = stage_flops[k] / rate
+        stage_floor = flops_per_stage[k] / rate
         ratio = f"{stage_median[k] / stage_floor:7.2f}" if stage_floor > 0 else f"{'-':>7}"
         print(f"| {k:<14} | {stage_median[k]:8.3f} | {stage_median[k] / sum(stage_median.values()):6.1%} | "
-              f"{stage_flops[k] / 1e9:6.1f} | {stage_floor:7.3f} | {ratio} |")
+              f"{flops_per_stage[k] / 1e9:6.1f} | {stage_floor:7.3f} | {ratio} |")
     print()
     print(f"| {'model':<34} | {'s / image':>9} | {'x floor':>7} | {'vs ours':>7} |")
     print(f"|{'-' * 36}|{'-' * 11}|{'-' * 9}|{'-' * 9}|")
@@ -136,7 +146,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "seconds_per_image": median_total, "runs": totals, "stages": stage_median, "gflop": flops / 1e9,
-            "stage_gflop": {k: v / 1e9 for k, v in stage_flops.items()},
+            "stage_gflop": {k: v / 1e9 for k, v in flops_per_stage.items()},
             "matmul_gflops": rate / 1e9, "floor_s": floor, "ratio_to_floor": median_total / floor,
             "detections": detections, "threads": args.threads,
         }, indent=1))

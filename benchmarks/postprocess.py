@@ -119,15 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     own, high = model.roi_heads.score_thresh, args.score_threshold
 
     with torch.inference_mode():
-        image_list, _ = model.transform([image])
-        features = model.backbone(image_list.tensor)
-        proposals, _ = model.rpn(image_list, features)
-        roi_features = features[:4]
+        image_list, _ = model.preprocess([image])
+        roi_features, proposals, _ = model.propose(image_list)
         sizes = image_list.image_sizes
 
         def second_stage(thresh):
-            (boxes, scores, labels, masks), = model.roi_heads.detect(roi_features, proposals, sizes, thresh)
-            return model.to_original_size((boxes, scores, labels, masks), sizes[0], original, True)
+            detections = model.roi_heads.detect(roi_features, proposals, sizes, thresh)
+            return model.postprocess(detections, sizes, [original])[0]
 
         everything = second_stage(own)
         kept = second_stage(high)

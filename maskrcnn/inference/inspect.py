@@ -103,7 +103,7 @@ def inspect_sample(
     model = model.eval()
     device = next(model.parameters()).device
     target = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in target.items()}
-    image_list, (resized,) = model.transform([image.to(device)], [target])
+    image_list, (resized,) = model.preprocess([image.to(device)], [target])
     h, w = image_list.image_sizes[0]
     t = model.transform
     # undo the normalization to draw on the pixels the network sees
@@ -113,7 +113,7 @@ def inspect_sample(
     gt_boxes, gt_masks = resized["boxes"][~crowd], resized["masks"][~crowd]
     stats: dict = {"image_id": target.get("image_id"), "resized_size": [h, w], "gt": int(gt_boxes.shape[0])}
 
-    features = model.backbone(image_list.tensor)
+    features, proposals, _ = model.propose(image_list)
     feature_sizes = [tuple(f.shape[-2:]) for f in features]
     anchors = model.rpn.anchor_generator(tuple(image_list.tensor.shape[-2:]), feature_sizes)
 
@@ -140,7 +140,6 @@ def inspect_sample(
     written = [save_png(out_dir / "anchors.png", canvas)]
 
     # proposals.png
-    proposals, _ = model.rpn(image_list, features)
     stats["proposals"] = int(proposals[0].shape[0])
     canvas = Image.fromarray(base)
     draw = ImageDraw.Draw(canvas)

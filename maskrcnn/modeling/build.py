@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from ..ops import MultiScaleRoIAlign
+from ..ops import MultiScaleRoIAlign, batched_nms, roi_align
 from .anchors import AnchorGenerator
 from .backbone.fpn import FPN, ResNetFPN
 from .backbone.resnet import ResNet
@@ -106,9 +106,12 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         bg_iou_thresh=config.rpn_bg_iou_thresh,
         batch_size_per_image=config.rpn_batch_size_per_image,
         positive_fraction=config.rpn_positive_fraction,
+        nms=batched_nms,
     )
     roi_strides = backbone.strides[:4]  # P2..P5; P6 feeds the RPN only
-    pooler = dict(strides=roi_strides, sampling_ratio=config.roi_sampling_ratio, aligned=config.roi_aligned)
+    # The operators are named here, so an export can build the same model around its own.
+    pooler = dict(strides=roi_strides, sampling_ratio=config.roi_sampling_ratio, aligned=config.roi_aligned,
+                  roi_align=roi_align)
     box_head = BoxHead(
         in_channels=c,
         pooled_size=7,
@@ -131,6 +134,7 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         score_thresh=config.box_score_thresh,
         nms_thresh=config.box_nms_thresh,
         detections_per_img=config.box_detections_per_img,
+        nms=batched_nms,
     )
     transform = ImageTransform(min_size=config.min_size, max_size=config.max_size,
                                image_mean=config.image_mean, image_std=config.image_std)

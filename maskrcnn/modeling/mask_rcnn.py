@@ -5,6 +5,11 @@
     out = model(images, targets)         # out.losses: the five torchvision loss terms
     out = model(images, targets, detections=True)   # both, e.g. for a validation pass
 
+    # the same inference, step by step (what forward does; `run` = `propose` + RoI heads):
+    batch, _ = model.preprocess(images)            # ImageList: padded (N, 3, H, W) + sizes
+    dets = model.detect(batch)                     # Detections in resized coordinates
+    dets = model.postprocess(dets, batch.image_sizes, [img.shape[-2:] for img in images])
+
 images: list of (3, Hi, Wi) float tensors in [0, 1], RGB, any sizes.
 targets: one dict per image: "boxes" float (G, 4) xyxy pixels, "labels" int64 (G,) in 1..K-1,
 "masks" uint8/bool (G, Hi, Wi), optionally "iscrowd" (G,) (crowd regions are ignored).
@@ -14,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops import paste_masks
-from ..structures import Detections, MaskRCNNOutput
+from ..ops.masks import paste_masks as paste_masks_in_image
+from ..structures import Detections, ImageList, MaskRCNNOutput
 from .backbone.fpn import ResNetFPN
 from .roi_heads.roi_heads import RoIHeads
 from .rpn import RPN
@@ -56,34 +61,78 @@ class MaskRCNN(nn.Module):
         """`detections` defaults to "not training". `paste_masks=False` leaves masks as 28x28
         probabilities in `Detections.masks`. `score_thresh` overrides the box score threshold
         for this call (a higher one also means fewer masks to compute)."""
+        want_detections = (not self.training) if detections is None else detections
+        batch, resized_targets = self.preprocess(images, targets)
+        results, losses = self.run(batch, resized_targets, detections=want_detections, score_thresh=score_thresh)
+        output = MaskRCNNOutput(losses=losses)
+        if results is not None:
+            original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+            output.detections = self.postprocess(results, batch.image_sizes, original_sizes, paste_masks=paste_masks)
+        return output
+
+    # The three steps of inference, for callers that need them apart (benchmarks, inspect,
+    # export): preprocess -> detect (or run, with targets) -> postprocess.
+
+    def preprocess(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[ImageList, list[dict[str, Tensor]] | None]:
+        """Check the inputs, then normalize, resize and pad them into one batch; targets are
+        resized alike (never modified in place)."""
         images = check_images(images)
         if targets is not None:
             check_targets(images, targets, self.num_classes)
-        want_detections = (not self.training) if detections is None else detections
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        return self.transform(images, targets)
 
-        image_list, resized_targets = self.transform(images, targets)
-        features = self.backbone(image_list.tensor)
-        proposals, rpn_losses = self.rpn(image_list, features, resized_targets)
-        roi_features = features[: len(self.roi_heads.box_pooler.strides)]
+    def run(
+        self,
+        batch: ImageList,
+        targets: list[dict[str, Tensor]] | None = None,
+        *,
+        detections: bool = True,
+        score_thresh: float | None = None,
+    ) -> tuple[list[Detections] | None, dict[str, Tensor]]:
+        """The network on a padded batch: backbone + FPN -> RPN -> RoI heads.
+
+        Returns detections in the coordinates of the resized images (masks as (D, 28, 28)
+        probabilities; None unless `detections`) and the losses (empty unless `targets`, which
+        must already be resized by `preprocess`)."""
+        features, proposals, rpn_losses = self.propose(batch, targets)
         results, roi_losses = self.roi_heads(
-            roi_features, proposals, image_list.image_sizes, resized_targets, want_detections, score_thresh
+            features, proposals, batch.image_sizes, targets, want_detections=detections, score_thresh=score_thresh
         )
-        output = MaskRCNNOutput(losses={**rpn_losses, **roi_losses})
-        if results is not None:
-            output.detections = [
-                self.to_original_size(r, resized, original, paste_masks)
-                for r, resized, original in zip(results, image_list.image_sizes, original_sizes)
-            ]
-        return output
+        return results, {**rpn_losses, **roi_losses}
+
+    def propose(
+        self, batch: ImageList, targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
+        """The first stage: FPN levels (P2..P6), RPN proposals per image (resized
+        coordinates) and the RPN losses (empty unless `targets`)."""
+        features = self.backbone(batch.tensor)
+        proposals, losses = self.rpn(batch, features, targets)
+        return features, proposals, losses
+
+    def detect(self, batch: ImageList, *, score_thresh: float | None = None) -> list[Detections]:
+        """Inference on a padded batch: `run` without targets."""
+        return self.run(batch, score_thresh=score_thresh)[0]
 
     @staticmethod
-    def to_original_size(result, resized: tuple[int, int], original: tuple[int, int], paste: bool) -> Detections:
-        boxes, scores, labels, masks = result
-        boxes = scale_boxes(boxes, resized, original)
-        if masks is not None and paste:
-            masks = paste_masks(masks, boxes, original)
-        return Detections(boxes=boxes, scores=scores, labels=labels, masks=masks)
+    def postprocess(
+        detections: list[Detections],
+        resized_sizes: list[tuple[int, int]],
+        original_sizes: list[tuple[int, int]],
+        *,
+        paste_masks: bool = True,
+    ) -> list[Detections]:
+        """Boxes back to each original image's pixels; masks pasted at that size (unless not
+        `paste_masks`: then they stay (D, 28, 28) probabilities)."""
+        out = []
+        for det, resized, original in zip(detections, resized_sizes, original_sizes):
+            boxes = scale_boxes(det.boxes, resized, original)
+            masks = det.masks
+            if masks is not None and paste_masks:
+                masks = paste_masks_in_image(masks, boxes, original)
+            out.append(Detections(boxes=boxes, scores=det.scores, labels=det.labels, masks=masks))
+        return out
 
 
 def check_images(images: list[Tensor]) -> list[Tensor]:

@@ -57,6 +57,8 @@ class RPN(nn.Module):
 
     Proposals are in the coordinates of the resized (unpadded) images and carry no gradient.
     Losses are computed whenever targets are given (train or eval mode).
+    `nms(boxes, scores, levels, iou_threshold) -> kept indices` is set by the builder, so an
+    export can swap in its own operator.
     """
 
     def __init__(
@@ -74,8 +76,10 @@ class RPN(nn.Module):
         batch_size_per_image: int = 256,
         positive_fraction: float = 0.5,
         box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+        nms=batched_nms,
     ):
         super().__init__()
+        self.nms = nms
         self.head = head
         self.anchor_generator = anchor_generator
         self.pre_nms_topk = dict(pre_nms_topk)
@@ -134,7 +138,7 @@ class RPN(nn.Module):
             boxes_per_image = clip_boxes(boxes_per_image, size)
             keep = remove_small_boxes(boxes_per_image, self.min_size) & (scores_per_image >= self.score_thresh)
             boxes_per_image, scores_per_image, lvl = boxes_per_image[keep], scores_per_image[keep], levels[keep]
-            keep = batched_nms(boxes_per_image, scores_per_image, lvl, self.nms_thresh)
+            keep = self.nms(boxes_per_image, scores_per_image, lvl, self.nms_thresh)
             proposals.append(boxes_per_image[keep[: self.post_nms_topk[self.training]]])
         return proposals
 

@@ -43,6 +43,9 @@ class MultiScaleRoIAlign(nn.Module):
     The maps' strides are given up front (a backbone fact), never inferred from a batch.
     forward(features (N, C, Hl, Wl) per level, boxes per image (Ri, 4) in padded-input pixels)
         -> (sum Ri, C, output_size, output_size), in the order of the concatenated boxes.
+    Only the first len(strides) levels are pooled from (FPN's P6 feeds the RPN alone).
+    `roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)` is an
+    attribute, so an export can swap in its own operator.
     """
 
     def __init__(
@@ -55,8 +58,10 @@ class MultiScaleRoIAlign(nn.Module):
         canonical_size: float = 224.0,
         canonical_level: int = 4,
         level_eps: float = 1e-6,
+        roi_align=roi_align,
     ):
         super().__init__()
+        self.roi_align = roi_align
         self.strides = list(strides)
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
@@ -68,9 +73,10 @@ class MultiScaleRoIAlign(nn.Module):
         self.max_level = int(round(math.log2(self.strides[-1])))
 
     def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        features = features[: len(self.strides)]
         rois = boxes_to_rois(boxes).to(features[0].device, features[0].dtype)
         if len(features) == 1:
-            return roi_align(features[0], rois, self.output_size, 1.0 / self.strides[0],
+            return self.roi_align(features[0], rois, self.output_size, 1.0 / self.strides[0],
                              self.sampling_ratio, self.aligned)
         levels = assign_fpn_levels(rois[:, 1:], self.min_level, self.max_level,
                                    self.canonical_size, self.canonical_level, self.level_eps)
@@ -78,6 +84,6 @@ class MultiScaleRoIAlign(nn.Module):
         for level, (feature, stride) in enumerate(zip(features, self.strides)):
             idx = torch.nonzero(levels == level).squeeze(1)
             selected.append(idx)
-            pooled.append(roi_align(feature, rois[idx], self.output_size, 1.0 / stride,
+            pooled.append(self.roi_align(feature, rois[idx], self.output_size, 1.0 / stride,
                                     self.sampling_ratio, self.aligned))
         return restore_order(pooled, selected)

@@ -4,6 +4,8 @@ import torch
 
 import maskrcnn
 from maskrcnn.modeling import ModelConfig, build_model
+from maskrcnn.ops import batched_nms, roi_align
+from maskrcnn.structures import Detections
 
 SMALL = dict(
     variant="v1", depth=18, base_width=8, fpn_channels=32, representation_size=64, mask_head_channels=16,
@@ -189,3 +191,70 @@ def test_non_finite_pixels_give_no_detections_not_a_crash(bad_value):
     with torch.no_grad():
         det = model([image]).detections[0]
     assert len(det) == 0 and det.masks.shape == (0, *image.shape[-2:])
+
+
+# The staged inference path: forward is preprocess -> detect -> postprocess, and the operators
+# (NMS, RoIAlign) are module attributes that can be swapped without touching model code.
+def _images():
+    a, _ = synthetic_sample(0, size=(96, 128))
+    b, _ = synthetic_sample(1, size=(120, 80))
+    return [a, b]
+
+
+def _assert_same(d1, d2):
+    for x, y in zip(d1, d2):
+        assert torch.equal(x.boxes, y.boxes) and torch.equal(x.scores, y.scores)
+        assert torch.equal(x.labels, y.labels) and torch.equal(x.masks, y.masks)
+
+
+def test_forward_equals_the_three_steps():
+    model = small_model(box_score_thresh=0.0).eval()
+    images = _images()
+    with torch.no_grad():
+        expected = model(images).detections
+        batch, _ = model.preprocess(images)
+        resized = model.detect(batch)
+        got = model.postprocess(resized, batch.image_sizes, [tuple(i.shape[-2:]) for i in images])
+    assert all(isinstance(d, Detections) for d in resized)
+    assert all(d.masks.shape[-2:] == (28, 28) for d in resized)  # unpasted, resized coordinates
+    assert len(expected[0]) > 0
+    _assert_same(expected, got)
+
+
+def test_run_with_targets_gives_losses_and_detections_of_the_same_pass():
+    model = small_model().eval()
+    image, target = synthetic_sample()
+    with torch.no_grad():
+        torch.manual_seed(0)  # the same RPN and RoI sampling in both
+        batch, resized_targets = model.preprocess([image], [target])
+        detections, losses = model.run(batch, resized_targets, detections=True)
+        torch.manual_seed(0)
+        out = model([image], [target], detections=True)
+    assert set(losses) == set(out.losses)
+    for k in losses:
+        torch.testing.assert_close(losses[k], out.losses[k], rtol=0, atol=0)
+    assert len(detections) == 1
+
+
+def test_operators_are_swappable_module_attributes():
+    model = small_model(box_score_thresh=0.0).eval()
+    images = _images()
+    with torch.no_grad():
+        expected = model(images).detections
+    calls = {"rpn": 0, "box": 0, "align": 0}
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    model.rpn.nms = counting("rpn", batched_nms)
+    model.roi_heads.nms = counting("box", batched_nms)
+    model.roi_heads.box_pooler.roi_align = counting("align", roi_align)
+    model.roi_heads.mask_pooler.roi_align = counting("align", roi_align)
+    with torch.no_grad():
+        got = model(images).detections
+    assert calls["rpn"] == 2 and calls["box"] == 2  # once per image
+    assert calls["align"] == 2 * 4  # box and mask pooler, four levels each
+    _assert_same(expected, got)

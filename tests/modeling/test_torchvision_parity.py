@@ -32,25 +32,30 @@ def recipe_state_dict(variant: str) -> dict:
 
 
 def run_stages(model, images):
-    """Everything the fixture records, from one pass through the model's stages."""
-    with torch.no_grad():
-        image_list, _ = model.transform(images)
-        features = model.backbone(image_list.tensor)
-        proposals, _ = model.rpn(image_list, features)
-        roi_features = features[:4]
-        results = model.roi_heads.detect(roi_features, proposals, image_list.image_sizes)
-        logits = model.roi_heads.mask_logits(roi_features, [r[0] for r in results], torch.cat([r[2] for r in results]))
-        detections = [
-            model.to_original_size(r, resized, tuple(img.shape[-2:]), paste=True)
-            for r, resized, img in zip(results, image_list.image_sizes, images)
-        ]
-    counts = [len(d) for d in detections]
+    """Everything the fixture records, from one pass of the staged inference path; the FPN
+    levels, proposals and mask logits are read with forward hooks on the stages."""
+    seen = {}
+    hooks = [
+        model.backbone.register_forward_hook(lambda m, i, out: seen.__setitem__("features", out)),
+        model.rpn.register_forward_hook(lambda m, i, out: seen.__setitem__("proposals", out[0])),
+        model.roi_heads.mask_head.register_forward_hook(lambda m, i, out: seen.__setitem__("mask_logits", out)),
+    ]
+    try:
+        with torch.no_grad():
+            batch, _ = model.preprocess(images)
+            resized = model.detect(batch)
+            detections = model.postprocess(resized, batch.image_sizes, [tuple(img.shape[-2:]) for img in images])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    labels = torch.cat([d.labels for d in resized])
+    logits = seen["mask_logits"][torch.arange(labels.numel()), labels]
     return {
-        "image_list": image_list,
-        "features": features,
-        "proposals": proposals,
+        "image_list": batch,
+        "features": seen["features"],
+        "proposals": seen["proposals"],
         "detections": detections,
-        "mask_logits": logits.split(counts),
+        "mask_logits": logits.split([len(d) for d in detections]),
     }
 
 

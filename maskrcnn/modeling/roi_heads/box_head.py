@@ -86,8 +86,10 @@ def postprocess_boxes(
     nms_thresh: float,
     detections_per_img: int,
     min_size: float = 1e-2,
+    nms=batched_nms,
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Per-class decode, clip, score > thresh, drop tiny, per-class NMS, keep the top ones.
+    """Per-class decode, clip, score > thresh, drop tiny, per-class NMS (`nms(boxes, scores,
+    groups, iou_threshold)`), keep the top ones.
 
     Returns per image (boxes (D, 4), scores (D,), labels int64 (D,)), best first.
     """
@@ -105,6 +107,6 @@ def postprocess_boxes(
         labels_i = labels_i[:, 1:].reshape(-1)
         keep = (scores_i > score_thresh) & remove_small_boxes(boxes_i, min_size)
         boxes_i, scores_i, labels_i = boxes_i[keep], scores_i[keep], labels_i[keep]
-        keep = batched_nms(boxes_i, scores_i, labels_i, nms_thresh)[:detections_per_img]
+        keep = nms(boxes_i, scores_i, labels_i, nms_thresh)[:detections_per_img]
         results.append((boxes_i[keep], scores_i[keep], labels_i[keep]))
     return results

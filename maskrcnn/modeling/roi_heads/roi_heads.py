@@ -8,18 +8,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...ops import BoxCoder, MultiScaleRoIAlign
+from ...ops import BoxCoder, MultiScaleRoIAlign, batched_nms
+from ...structures import Detections
 from ..matcher import BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD, Matcher, crowd_mask, match_to_gt, sample_balanced
 from .box_head import BoxHead, BoxPredictor, box_losses, postprocess_boxes
 from .mask_head import MaskHead, mask_loss, select_class
 
 
 class RoIHeads(nn.Module):
-    """forward(features P2..P5, proposals N x (Ri, 4), image_sizes, targets, want_detections)
+    """forward(features (the FPN levels; the poolers use the ones they have strides for),
+               proposals N x (Ri, 4), image_sizes, targets, want_detections)
         -> (detections, losses)
 
-    detections (when wanted): per image (boxes (D, 4), scores (D,), labels (D,), mask
-    probabilities (D, M, M) or None), in resized-image coordinates.
+    detections (when wanted): one `Detections` per image in resized-image coordinates, masks as
+    (D, M, M) probabilities of each box's class (None without a mask branch).
+    `nms(boxes, scores, groups, iou_threshold) -> kept indices` is set by the builder, so an
+    export can swap in its own operator.
     """
 
     def __init__(
@@ -38,8 +42,10 @@ class RoIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        nms=batched_nms,
     ):
         super().__init__()
+        self.nms = nms
         self.box_pooler = box_pooler
         self.box_head = box_head
         self.box_predictor = box_predictor
@@ -80,7 +86,7 @@ class RoIHeads(nn.Module):
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
         score_thresh: float | None = None,
-    ) -> list[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+    ) -> list[Detections]:
         """Inference path. `score_thresh` overrides the configured one for this call; raising it
         means the mask branch runs on fewer boxes."""
         box_features = self.box_head(self.box_pooler(features, proposals))
@@ -88,15 +94,16 @@ class RoIHeads(nn.Module):
         results = postprocess_boxes(
             class_logits, deltas, proposals, image_sizes, self.box_coder,
             self.score_thresh if score_thresh is None else score_thresh,
-            self.nms_thresh, self.detections_per_img,
+            self.nms_thresh, self.detections_per_img, nms=self.nms,
         )
         if not self.has_mask:
-            return [(b, s, l, None) for b, s, l in results]
+            return [Detections(boxes=b, scores=s, labels=l) for b, s, l in results]
         boxes = [r[0] for r in results]
         labels = torch.cat([r[2] for r in results])
         mask_probs = self.mask_logits(features, boxes, labels).sigmoid()
         counts = [b.shape[0] for b in boxes]
-        return [(b, s, l, m) for (b, s, l), m in zip(results, mask_probs.split(counts))]
+        return [Detections(boxes=b, scores=s, labels=l, masks=m)
+                for (b, s, l), m in zip(results, mask_probs.split(counts))]
 
     def mask_logits(self, features: list[Tensor], boxes: list[Tensor], labels: Tensor) -> Tensor:
         """(sum Di, M, M) mask logits of each box's own class."""
