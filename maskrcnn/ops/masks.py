@@ -8,22 +8,24 @@ from torch import Tensor
 from .roi_align import roi_align
 
 
-def _resize_weights(dst_start: Tensor, dst_len: Tensor, src_len: int, size: int) -> Tensor:
+def _resize_weights(dst_start: Tensor, dst_len: Tensor, src_len: int, size: int,
+                    dtype: torch.dtype = torch.float32) -> Tensor:
     """Bilinear weights that resize a length-`src_len` signal to `dst_len` output pixels placed
     at image positions dst_start .. dst_start + dst_len - 1 of a length-`size` axis, exactly as
     `F.interpolate(mode='bilinear', align_corners=False)` computes them; 0 outside.
 
-    dst_start, dst_len: int64 (R,). Returns (R, size, src_len).
+    dst_start, dst_len: int64 (R,). Returns (R, size, src_len) in `dtype`, the precision the
+    weights are computed in (interpolate's: float64 for float64 masks, float32 otherwise).
     """
     pos = torch.arange(size, device=dst_start.device)
     d = pos[None, :] - dst_start[:, None]  # destination index inside the resized patch
     inside = (d >= 0) & (d < dst_len[:, None])
-    scale = torch.full_like(dst_len, src_len, dtype=torch.float32) / dst_len.to(torch.float32)
-    src = (scale[:, None] * (d.to(torch.float32) + 0.5) - 0.5).clamp(min=0)
+    scale = torch.full_like(dst_len, src_len, dtype=dtype) / dst_len.to(dtype)
+    src = (scale[:, None] * (d.to(dtype) + 0.5) - 0.5).clamp(min=0)
     lo = src.floor().long().clamp(max=src_len - 1)
     hi = (lo + 1).clamp(max=src_len - 1)
-    frac = src - lo.to(torch.float32)
-    weights = torch.zeros((dst_start.shape[0], size, src_len), device=dst_start.device)
+    frac = src - lo.to(dtype)
+    weights = torch.zeros((dst_start.shape[0], size, src_len), dtype=dtype, device=dst_start.device)
     weights.scatter_add_(2, lo[..., None], (1 - frac)[..., None])
     weights.scatter_add_(2, hi[..., None], frac[..., None])
     return weights * inside[..., None]
@@ -55,8 +57,11 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], paddi
     y0, y1 = (y_c - h_half).long(), (y_c + h_half).long()
     box_w = (x1 - x0 + 1).clamp(min=1)
     box_h = (y1 - y0 + 1).clamp(min=1)
-    wy = _resize_weights(y0, box_h, m + 2 * padding, height).to(masks.dtype)  # (R, H, M+2)
-    wx = _resize_weights(x0, box_w, m + 2 * padding, width).to(masks.dtype)  # (R, W, M+2)
+    # float64 masks get float64 weights, as interpolate computes them: float32 weights were off
+    # from torchvision by up to 2e-6 there (the torchvision reference suite found it)
+    weight_dtype = torch.float64 if masks.dtype == torch.float64 else torch.float32
+    wy = _resize_weights(y0, box_h, m + 2 * padding, height, weight_dtype).to(masks.dtype)  # (R, H, M+2)
+    wx = _resize_weights(x0, box_w, m + 2 * padding, width, weight_dtype).to(masks.dtype)  # (R, W, M+2)
     return torch.bmm(torch.bmm(wy, masks), wx.transpose(1, 2))
 
 
