@@ -201,15 +201,19 @@ def roi_pool(
     chunk = max(1, _MAX_ELEMENTS_PER_CHUNK // max(1, channels * ph * kh * pw * kw))
     for start in range(0, num_rois, chunk):
         s = slice(start, start + chunk)
-        # (r, C, ph, kh, pw, kw) gather of every cell of every bin
+        # (r, C, ph, pw, kh, kw) gather of every cell of every bin
         vals = features[
             batch_index[s][:, None, None, None, None, None],
             torch.arange(channels, device=rois.device)[None, :, None, None, None, None],
-            rows[s][:, None, :, :, None, None],
-            cols[s][:, None, None, None, :, :],
+            rows[s][:, None, :, None, :, None],
+            cols[s][:, None, None, :, None, :],
         ]
-        ok = row_ok[s][:, None, :, :, None, None] & col_ok[s][:, None, None, None, :, :]
+        ok = row_ok[s][:, None, :, None, :, None] & col_ok[s][:, None, None, :, None, :]
         vals = vals.masked_fill(~ok, -math.inf)
-        pooled = vals.amax(dim=(3, 5))
+        # (r, C, ph, pw, kh, kw) -> (r, C, ph, pw, kh*kw): a bin's cells in row-major order. max()
+        # takes the first of tied maxima and its backward routes the gradient to that one cell,
+        # as torchvision's argmax does; amax() split it among the ties (found by the torchvision
+        # reference suite on quantized features).
+        pooled = vals.flatten(start_dim=4).max(dim=4).values
         out[s] = torch.where(torch.isinf(pooled) & (pooled < 0), torch.zeros_like(pooled), pooled)
     return out
