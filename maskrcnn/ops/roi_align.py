@@ -99,6 +99,13 @@ def roi_align(
     if sampling_ratio <= 0:
         rescale = (max_grid_h * max_grid_w / (grid_h * grid_w).clamp(min=1))[:, None, None, None]
 
+    # With align_corners=True, grid_sample maps every coordinate of a length-1 axis onto its one
+    # cell, so the "far outside" value above read it, times the adaptive rescale (on a 1-row
+    # map, P5 of a 32-pixel-high batch, a RoI below the map pooled to -13.5 from features in
+    # [-1, 1]; torchvision gives 0). Such an axis gets a second cell of zeros, which only those
+    # samples reach; the division by max(size - 1, 1) above already normalizes to two cells.
+    if height == 1 or width == 1:
+        features = F.pad(features, (0, int(width == 1), 0, int(height == 1)))
     # Sampling on channels-last maps reads C contiguous values per point: several times faster.
     features = features.contiguous(memory_format=torch.channels_last)
     batch_index = rois[:, 0].long()
