@@ -272,6 +272,9 @@ def roi_case(seed, *, scale, num=60, dtype=torch.float32, image=2, channels=3, m
     boxes[5] = torch.tensor([-1.6, -0.9, 0.4, 0.3]) / scale  # straddles the near corner
     boxes[6] = torch.tensor([w + 2.0, 1.0, w + 6.0, 4.0]) / scale  # outside
     boxes[7] = torch.tensor([-5.0 * w, -4.0 * h, 6.0 * w, 7.0 * h]) / scale  # 11x the map
+    # corners on half cells (RoIPool rounds them half away from zero: -0.5 -> -1, 2.5 -> 3)
+    boxes[8] = torch.tensor([2.5, 1.5, 6.5, 7.5]) / scale
+    boxes[9] = torch.tensor([-0.5, 3.5, 4.5, h - 1.5]) / scale
     batch = torch.randint(0, image, (num, 1), generator=g).to(torch.float64)
     return features.to(dtype), torch.cat([batch, boxes], 1).to(dtype)
 
@@ -316,6 +319,10 @@ ROI_ALIGN_CASES = [
     (1 / 32, (9, 12), 7, 0, True),
     (1 / 32, (9, 12), 14, 2, False),
     (1 / 32, (9, 12), (7, 5), 0, False),
+    # one-cell axes (P5 of a 32-pixel-high batch): grid_sample maps any coordinate onto the cell
+    (1 / 32, (1, 6), 7, 0, False),
+    (0.25, (2, 1), 7, 2, True),
+    (1 / 16, (1, 1), 7, 0, True),
 ]
 
 
@@ -344,7 +351,7 @@ def test_roi_align_backward_equals_torchvision(dtype, scale, map_hw, output_size
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("scale, map_hw", [(1.0, (13, 17)), (0.25, (20, 15)), (1 / 32, (9, 12))])
+@pytest.mark.parametrize("scale, map_hw", [(1.0, (13, 17)), (0.25, (20, 15)), (1 / 32, (9, 12)), (1 / 32, (1, 6))])
 @pytest.mark.parametrize("output_size", [7, 3])
 @pytest.mark.parametrize("ties", [False, True])
 def test_roi_pool_equals_torchvision(dtype, scale, map_hw, output_size, ties):
@@ -385,7 +392,12 @@ def test_fpn_levels_equal_torchvision_level_mapper(dtype, seed):
     # exact powers of two of the canonical 224 (the +eps decides them), degenerate boxes
     special = torch.tensor([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 448, 448], [10, 10, 66, 66],
                             [0, 0, 896, 896], [5, 5, 5, 5], [3, 3, 3, 40], [0, 0, 1e-3, 1e-3]], dtype=dtype)
-    boxes = torch.cat([special, boxes])
+    # sides of exactly 56 * 2^k at random offsets: the rounded width (x1 + side) - x1 falls an
+    # ulp below the power of two about as often as above, and the +eps keeps the level
+    offsets = torch.rand(200, 2, generator=g, dtype=torch.float64).to(dtype) * 500
+    sides = (56.0 * 2 ** torch.randint(0, 5, (200, 1), generator=g)).to(dtype)
+    powers_of_two = torch.cat([offsets, offsets + sides], 1)
+    boxes = torch.cat([special, powers_of_two, boxes])
     theirs = LevelMapper(2, 5)([boxes[:1000], boxes[1000:]])
     assert assign_fpn_levels(boxes, 2, 5).tolist() == theirs.tolist()
     assert set(theirs.tolist()) == {0, 1, 2, 3}
