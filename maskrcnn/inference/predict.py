@@ -1,8 +1,11 @@
 """`maskrcnn predict SRC... --weights W --out DIR`: run a model over files, folders and globs.
 
-Writes, each file atomically (temporary file + rename, so an interrupted run never leaves a
-half-written file under its final name):
+Writes:
 
+    DIR/predictions.jsonl       one line per image as soon as it is finished (its COCO results,
+                                its size, and its CSV masks when --csv is asked for), or per
+                                image that failed (with the reason); appended and flushed
+                                image by image, so an interrupted run keeps all finished work
     DIR/results.json            COCO results: bbox, score, category_id, RLE segmentation
     DIR/images.json             the COCO "images" entries (id, file_name, height, width) of the
                                 images read, so results.json's image ids can be traced to files
@@ -11,26 +14,57 @@ half-written file under its final name):
     FILE                        with --csv FILE: Kaggle "ImageId,EncodedPixels", one row per
                                 instance, masks made non-overlapping by the label map
 
-NAME is the file's stem (made unique when two inputs share one). Images that cannot be read
-(corrupt, not an image, above --max-pixels) are reported by name and skipped; the run goes on
-and the exit code is 1 when any image failed, 2 when nothing could start (bad weights or no
-input), 0 otherwise.
+results.json, images.json and the CSV are assembled from predictions.jsonl at the end, each
+atomically (temporary file + rename): also when the run is stopped by SIGTERM or Ctrl-C, from
+the images finished by then. `--resume` continues a stopped run in the same DIR, skipping the
+images predictions.jsonl lists as done; a new run refuses to replace an unfinished one's
+predictions.jsonl unless told (`--overwrite`). Output paths are checked for writability before
+the model is loaded.
+
+NAME is the file's stem (made unique when two inputs share one). Each image is processed on its
+own: one that cannot be read (corrupt, not an image, above --max-pixels) or that the model
+cannot process (e.g. 2x5000, which the resize would make 0 pixels high) is reported by name and
+the run goes on. Exit code: 0 when every image was predicted, 1 when any failed, 2 when nothing
+could start (bad options, weights or input, an unwritable output), 128 + the signal number
+(130, 143) when stopped by a signal.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
+import os
+import signal
 import sys
+import threading
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..io import DEFAULT_MAX_PIXELS, ImageLoadError, expand_sources, load_image, write_json_atomic
+from ..io import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    atomic_open,
+    check_writable,
+    describe_os_error,
+    expand_sources,
+    load_image,
+    write_json_atomic,
+)
 from .api import DEFAULT_BATCH_SIZE, Result, load_model
-from .outputs import masks_to_rles, rle_to_mask, write_coco_json, write_image, write_label_map_png, write_rle_csv
+from .outputs import masks_to_rles, rle_to_mask, write_image, write_label_map_png, write_rle_csv
 
-__all__ = ["build_parser", "main", "output_names"]
+__all__ = ["PROGRESS_FILE", "ProgressLog", "build_parser", "main", "output_names"]
+
+PROGRESS_FILE = "predictions.jsonl"
+# Settings that change what an image's results are: a resumed run must use the same ones, or
+# results.json would mix two models or two thresholds.
+_RESULT_SETTINGS = ("weights", "variant", "score_threshold", "mask_threshold", "coco_ann")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco-ann", type=Path, metavar="ANN.json",
                    help="take image ids (matched by file name) and category ids (matched by class "
                         "name) from this COCO annotation file, so results.json evaluates against it")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue a stopped run in the same --out: skip the images DIR/{PROGRESS_FILE} "
+                        "lists as done (the settings that change results must be the same)")
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"start over even though DIR/{PROGRESS_FILE} holds a run that did not finish")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -122,8 +161,9 @@ def instance_rles(result: Result) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     say = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    if args.batch_size < 1:
-        say("maskrcnn predict: --batch-size must be at least 1")
+    problem = _check_numbers(args)
+    if problem:
+        say(f"maskrcnn predict: {problem}")
         return 2
     try:
         paths = expand_sources(args.sources)
@@ -137,75 +177,448 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, ValueError) as e:
         say(f"maskrcnn predict: --device {args.device}: {e}")
         return 2
-    try:
-        predictor = load_model(args.weights, device=args.device, variant=args.variant,
-                               max_pixels=args.max_pixels or None)
-    except Exception as e:  # any load failure is the user's input; show it without a traceback
-        say(f"maskrcnn predict: cannot load --weights {args.weights}: {e}")
-        return 2
-    names = output_names(paths)
-    image_ids: list[Any] = list(range(1, len(paths) + 1))
-    if args.coco_ann is not None:
-        try:
-            image_ids, predictor.category_ids = coco_ids(args.coco_ann, paths, predictor.class_names)
-        except (ValueError, OSError) as e:
-            say(f"maskrcnn predict: {e}")
-            return 2
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    # Every output is checked before the model is loaded, so a typo in --csv costs seconds,
+    # not a whole run's inference.
+    try:
+        check_writable(out, folder=True)
+        for sub, wanted in (("overlays", not args.no_overlays), ("label_maps", args.label_maps)):
+            if wanted:
+                check_writable(out / sub, folder=True)
+        if args.csv is not None:
+            check_writable(args.csv)
+    except OSError as e:
+        say(f"maskrcnn predict: {e.strerror or e}")
+        return 2
+    settings = _settings(args)
+    log = ProgressLog(out / PROGRESS_FILE)
+    try:
+        problem = log.open(settings, resume=args.resume, overwrite=args.overwrite)
+    except OSError as e:
+        say(f"maskrcnn predict: {describe_os_error(e, log.path)}")
+        return 2
+    if problem:
+        say(f"maskrcnn predict: {problem}")
+        return 2
+    try:
+        try:
+            predictor = load_model(args.weights, device=args.device, variant=args.variant,
+                                   max_pixels=args.max_pixels or None)
+        except Exception as e:  # any load failure is the user's input; show it without a traceback
+            say(f"maskrcnn predict: cannot load --weights {args.weights}: {e}")
+            return 2
+        names = output_names(paths)
+        image_ids: list[Any] = list(range(1, len(paths) + 1))
+        if args.coco_ann is not None:
+            try:
+                image_ids, predictor.category_ids = coco_ids(args.coco_ann, paths, predictor.class_names)
+            except (ValueError, OSError) as e:
+                say(f"maskrcnn predict: {e}")
+                return 2
+        return _run(args, predictor, paths, names, image_ids, log, say)
+    finally:
+        log.close()
 
+
+def _check_numbers(args: argparse.Namespace) -> str | None:
+    if args.batch_size < 1:
+        return "--batch-size must be at least 1"
+    for flag, value in (("--score-threshold", args.score_threshold), ("--mask-threshold", args.mask_threshold)):
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            return f"{flag} must be a number in [0, 1], got {value}"
+    if args.max_pixels < 0:
+        return f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}"
+    if args.resume and args.overwrite:
+        return "--resume and --overwrite exclude each other"
+    return None
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    weights = str(args.weights)
+    if Path(weights).exists():
+        weights = os.path.abspath(weights)
+    return {
+        "weights": weights, "variant": args.variant, "score_threshold": args.score_threshold,
+        "mask_threshold": args.mask_threshold,
+        "coco_ann": os.path.abspath(args.coco_ann) if args.coco_ann is not None else None,
+    }
+
+
+def _key(path: Path) -> str:
+    """What predictions.jsonl knows an image by: its absolute path."""
+    return os.path.abspath(path)
+
+
+def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[Any],
+         log: ProgressLog, say) -> int:
     from tqdm import tqdm
 
-    coco: list[dict] = []
-    images: list[dict] = []
-    csv_rows: list[tuple[str, list[dict]]] = []
+    out: Path = args.out
+    overlays, label_maps = not args.no_overlays, args.label_maps
+
+    def already_done(i: int) -> bool:
+        entry = log.entries.get(_key(paths[i]))
+        if entry is None or entry.error or (args.csv is not None and not entry.has_csv):
+            return False
+        if (overlays or label_maps) and entry.name != names[i]:
+            return False  # its files were written under another name
+        return not ((overlays and not (out / "overlays" / f"{names[i]}.png").is_file())
+                    or (label_maps and not (out / "label_maps" / f"{names[i]}.png").is_file()))
+
+    todo = [i for i in range(len(paths)) if not already_done(i)]
+    earlier = len(paths) - len(todo)
+    if args.resume and earlier:
+        say(f"resuming: {earlier} of {len(paths)} image(s) already done in {log.path}")
+
     failed: list[tuple[str, str]] = []
-    detections = 0
+    predicted = detections = 0
+    stopped: int | None = None  # the signal that stopped the run
+    fatal: str | None = None  # an output that cannot be written: every next image would fail too
     start = time.perf_counter()
-    bar = tqdm(total=len(paths), unit="img", desc="predict", disable=args.quiet or None, file=sys.stderr)
-    for first in range(0, len(paths), args.batch_size):
-        chunk = range(first, min(first + args.batch_size, len(paths)))
-        loaded, indices = [], []
-        for i in chunk:
-            try:
-                loaded.append(load_image(paths[i], max_pixels=predictor.max_pixels))
-                indices.append(i)
-            except ImageLoadError as e:
-                failed.append((str(paths[i]), e.problem))
-                bar.write(f"skipped {paths[i]}: {e.problem}", file=sys.stderr)
-        results = predictor.predict_tensors(
-            loaded, [str(paths[i]) for i in indices], args.score_threshold, args.mask_threshold,
-            args.batch_size, keep_images=not args.no_overlays,
-        ) if loaded else []
-        for i, result in zip(indices, results):
-            detections += len(result)
-            coco.extend(result.to_coco(image_ids[i]))
-            height, width = result.image_size
-            images.append({"id": image_ids[i], "file_name": str(paths[i]), "height": height, "width": width})
-            if not args.no_overlays:
-                write_image(out / "overlays" / f"{names[i]}.png", result.draw())
-            if args.label_maps:
-                write_label_map_png(out / "label_maps" / f"{names[i]}.png", result.label_map.numpy())
-            if args.csv is not None:
-                csv_rows.append((names[i], instance_rles(result)))
-        bar.update(len(chunk))
-        bar.set_postfix(detections=detections, failed=len(failed), refresh=False)
+    bar = tqdm(total=len(paths), initial=earlier, unit="img", desc="predict",
+               disable=args.quiet or None, file=sys.stderr)
+
+    def fail(i: int, problem: str) -> None:
+        failed.append((str(paths[i]), problem))
+        bar.write(f"skipped {paths[i]}: {problem}", file=sys.stderr)
+        with signals.deferred():
+            log.append({"path": _key(paths[i]), "file": str(paths[i]), "error": problem})
+
+    with _Signals() as signals:
+        try:
+            for first in range(0, len(todo), args.batch_size):
+                chunk = todo[first:first + args.batch_size]
+                loaded: dict[int, torch.Tensor] = {}
+                for i in chunk:
+                    try:
+                        image = load_image(paths[i], max_pixels=predictor.max_pixels)
+                    except ImageLoadError as e:
+                        fail(i, e.problem)
+                        continue
+                    problem = unprocessable(predictor, image)
+                    if problem:
+                        fail(i, problem)
+                    else:
+                        loaded[i] = image
+                outcomes = predict_isolated(predictor, loaded, [str(p) for p in paths], args)
+                for i, result in outcomes.items():
+                    if isinstance(result, str):
+                        fail(i, result)
+                        continue
+                    try:
+                        record = _write_outputs(args, result, paths[i], names[i], image_ids[i])
+                    except _OutputError as e:
+                        fatal = str(e)
+                        break
+                    except Exception as e:  # e.g. drawing a degenerate image: this image only
+                        fail(i, f"cannot write its outputs ({type(e).__name__}: {e})")
+                        continue
+                    with signals.deferred():
+                        log.append(record)
+                    predicted += 1
+                    detections += len(result)
+                if fatal:
+                    break
+                bar.update(len(chunk))
+                bar.set_postfix(detections=detections, failed=len(failed), refresh=False)
+        except _Stop as e:
+            stopped = e.signum
+        except KeyboardInterrupt:  # SIGINT when our handler could not be installed (not the main thread)
+            stopped = signal.SIGINT
+        except OSError as e:  # predictions.jsonl itself cannot be appended to
+            fatal = describe_os_error(e, log.path)
     bar.close()
 
-    write_coco_json(out / "results.json", coco)
-    write_json_atomic(images, out / "images.json", indent=0)
-    if args.csv is not None:
-        write_rle_csv(args.csv, _csv_masks(csv_rows))
+    if not fatal and not stopped:
+        log.finish()
+    try:
+        done, total_detections = assemble(log, paths, names, image_ids, out, args.csv)
+    except OSError as e:
+        say(f"maskrcnn predict: {describe_os_error(e, getattr(e, 'filename', None) or out)}; "
+            f"every finished image is kept in {log.path} (--resume assembles it)")
+        return 2
     seconds = time.perf_counter() - start
-    done = len(paths) - len(failed)
-    say(f"{done} image(s), {detections} detection(s) in {seconds:.1f} s -> {out}"
+    say(f"{done} image(s), {total_detections} detection(s) in {seconds:.1f} s -> {out}"
+        + (f" ({earlier} from the earlier run)" if earlier else "")
         + (f"; CSV {args.csv}" if args.csv is not None else ""))
     if failed:
         say(f"{len(failed)} image(s) failed:")
         for path, problem in failed:
             say(f"  {path}: {problem}")
-        return 1
-    return 0
+    if fatal:
+        say(f"maskrcnn predict: stopped: {fatal}; the {done} finished image(s) are kept, "
+            "--resume continues once the output can be written")
+        return 2
+    if stopped:
+        left = len(paths) - done - len(failed)
+        say(f"maskrcnn predict: stopped by {signal.Signals(stopped).name}; {left} image(s) not done, "
+            f"--resume continues")
+        return 128 + int(stopped)
+    return 1 if failed else 0
+
+
+class _OutputError(Exception):
+    """An output file of one image cannot be written (disk full, permissions): fatal."""
+
+
+def _write_outputs(args, result: Result, path: Path, name: str, image_id: Any) -> dict[str, Any]:
+    """Write one image's overlay and label map; return its predictions.jsonl record."""
+    out: Path = args.out
+    target = out
+    try:
+        if not args.no_overlays:
+            target = out / "overlays" / f"{name}.png"
+            write_image(target, result.draw())
+        if args.label_maps:
+            target = out / "label_maps" / f"{name}.png"
+            write_label_map_png(target, result.label_map.numpy())
+    except OSError as e:
+        raise _OutputError(describe_os_error(e, target)) from None
+    height, width = result.image_size
+    record: dict[str, Any] = {"path": _key(path), "file": str(path), "name": name,
+                              "height": height, "width": width, "results": result.to_coco(image_id)}
+    if args.csv is not None:
+        record["csv"] = instance_rles(result)
+    return record
+
+
+def unprocessable(predictor, image: torch.Tensor) -> str | None:
+    """Why the model cannot take this image, found before running it; None when it can.
+
+    The model's resize (short side to min_size, long side at most max_size, sizes rounded
+    down, as torchvision does) makes an image thinner than 1 : max_size zero pixels high or
+    wide; torchvision 0.29 fails on those in F.interpolate too.
+    """
+    from ..modeling.transform import resized_size
+
+    t = predictor.model.transform
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    new_h, new_w = resized_size(height, width, t.min_size[-1], t.max_size)
+    if new_h >= 1 and new_w >= 1:
+        return None
+    ratio = max(height, width) / min(height, width)
+    return (f"the model cannot process a {height}x{width} (HxW) image: its resize (short side "
+            f"to {t.min_size[-1]}, long side at most {t.max_size}) would make it {new_h}x{new_w} "
+            f"pixels, since its aspect ratio {ratio:.0f}:1 is beyond {t.max_size}:1; pad or "
+            "tile it to a less elongated shape")
+
+
+def predict_isolated(predictor, images: dict[int, torch.Tensor], sources: list[str],
+                     args) -> dict[int, Result | str]:
+    """Predict a batch; when the batch fails, each image alone, so one image that breaks the
+    model (or runs out of memory) costs only its own result. Values: a Result, or why not."""
+    indices = list(images)
+    if not indices:
+        return {}
+    try:
+        results = predictor.predict_tensors(
+            [images[i] for i in indices], [sources[i] for i in indices], args.score_threshold,
+            args.mask_threshold, args.batch_size, keep_images=not args.no_overlays)
+        return dict(zip(indices, results))
+    except Exception as e:
+        if len(indices) == 1:
+            image = images[indices[0]]
+            return {indices[0]: f"the model failed on this {image.shape[-2]}x{image.shape[-1]} (HxW) "
+                                f"image ({type(e).__name__}: {e})"}
+    outcomes: dict[int, Result | str] = {}
+    for i in indices:
+        outcomes.update(predict_isolated(predictor, {i: images[i]}, sources, args))
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------------
+# predictions.jsonl
+
+
+@dataclass
+class _Entry:
+    offset: int  # byte offset of the image's latest line
+    name: str | None
+    has_csv: bool
+    error: bool
+
+
+class ProgressLog:
+    """DIR/predictions.jsonl: a header line with the settings, one line per image finished
+    (`path`, `file`, `name`, `height`, `width`, `results` = its COCO results, `csv` = its
+    non-overlapping RLEs with --csv) or failed (`path`, `file`, `error`), and a
+    `{"finished": true}` line when a run completed. Each line is flushed and fsynced when
+    written. Read back tolerantly: a last line torn by a kill is cut off, a garbled line
+    skipped; an image's latest line counts."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.header: dict[str, Any] | None = None
+        self.entries: dict[str, _Entry] = {}
+        self.finished = False
+        self._file = None
+        self._size = 0
+
+    def _read(self) -> int:
+        """Read the file; return the length of its whole lines."""
+        good = 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # torn by a kill mid-write
+                offset, good = good, good + len(line)
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    warnings.warn(f"{self.path}: skipping a garbled line at byte {offset}")
+                    continue
+                if not isinstance(record, dict):
+                    continue
+                if "maskrcnn_predict" in record and self.header is None:
+                    self.header = record
+                elif record.get("finished"):
+                    self.finished = True
+                elif isinstance(record.get("path"), str):
+                    self.entries[record["path"]] = _Entry(offset, record.get("name"), "csv" in record,
+                                                          "error" in record)
+                    self.finished = False
+        return good
+
+    def open(self, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> str | None:
+        """Open for appending; returns why the run must not start, or None."""
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if exists and not overwrite:
+            good = self._read()
+            if not resume and self.entries and not self.finished:
+                return (f"{self.path} holds {len(self.entries)} image(s) of a run that did not finish: "
+                        "--resume to continue it, or --overwrite to start over")
+            if resume:
+                old = (self.header or {}).get("settings", {})
+                changed = [k for k in _RESULT_SETTINGS if old.get(k) != settings.get(k)]
+                if changed:
+                    listed = ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+                    return (f"--resume: {self.path} was written with other settings ({listed}); "
+                            "use the same ones, or --overwrite to start over")
+                if good != self.path.stat().st_size:
+                    os.truncate(self.path, good)  # drop the torn last line before appending
+                self._file = open(self.path, "ab")
+                self._size = good
+                return None
+        self.header, self.entries, self.finished = None, {}, False
+        self._file = open(self.path, "wb")
+        self._size = 0
+        self.header = {"maskrcnn_predict": 1, "settings": settings,
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self._write(self.header)
+        return None
+
+    def _write(self, record: dict[str, Any]) -> int:
+        line = json.dumps(record, separators=(",", ":")).encode("utf-8") + b"\n"
+        offset = self._size
+        self._file.write(line)
+        self._file.flush()
+        with contextlib.suppress(OSError):  # best-effort, as in maskrcnn.io's atomic writes
+            os.fsync(self._file.fileno())
+        self._size += len(line)
+        return offset
+
+    def append(self, record: dict[str, Any]) -> None:
+        offset = self._write(record)
+        self.entries[record["path"]] = _Entry(offset, record.get("name"), "csv" in record, "error" in record)
+        self.finished = False
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            self._write({"finished": True})
+            self.finished = True
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+    def records(self, keys: list[str]):
+        """The latest line of each key that finished (not failed), in the order of `keys`."""
+        with open(self.path, "rb") as f:
+            for key in keys:
+                entry = self.entries.get(key)
+                if entry is None or entry.error:
+                    yield None
+                    continue
+                f.seek(entry.offset)
+                yield json.loads(f.readline())
+
+
+def assemble(log: ProgressLog, paths: list[Path], names: list[str], image_ids: list[Any],
+             out: Path, csv_path: Path | None) -> tuple[int, int]:
+    """results.json, images.json (and the CSV) from predictions.jsonl, for the images of this
+    run's sources, each written atomically; returns (images, detections) written. Records are
+    read back one at a time, so memory does not grow with the run."""
+    keys = [_key(p) for p in paths]
+    images: list[dict[str, Any]] = []
+    count = 0
+    with atomic_open(out / "results.json", "w", encoding="utf-8") as f:
+        f.write("[")
+        for i, record in enumerate(log.records(keys)):
+            if record is None:
+                continue
+            images.append({"id": image_ids[i], "file_name": str(paths[i]),
+                           "height": record["height"], "width": record["width"]})
+            for entry in record["results"]:
+                entry["image_id"] = image_ids[i]  # this run's ids (a resumed run may list other sources)
+                f.write(("," if count else "") + json.dumps(entry, separators=(",", ":")))
+                count += 1
+        f.write("]")
+    write_json_atomic(images, out / "images.json", indent=0)
+    if csv_path is not None:
+        rows = ((names[i], record.get("csv", []))
+                for i, record in enumerate(log.records(keys)) if record is not None)
+        write_rle_csv(csv_path, _csv_masks(rows))
+    return len(images), count
+
+
+class _Stop(BaseException):
+    """SIGTERM or SIGINT arrived. A BaseException, so that the per-image `except Exception`
+    isolation does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """While active, SIGINT and SIGTERM raise `_Stop` at once, except inside `deferred()` (an
+    append to predictions.jsonl), where they wait for its end so no line is torn. Only the main
+    thread can install handlers; elsewhere this does nothing."""
+
+    def __init__(self):
+        self._previous: dict[int, Any] = {}
+        self._deferring = False
+        self._pending: int | None = None
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._deferring:
+            self._pending = signum
+        else:
+            raise _Stop(signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise _Stop(signum)
 
 
 def _csv_masks(rows: list[tuple[str, list[dict]]]):

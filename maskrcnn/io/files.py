@@ -1,10 +1,16 @@
 """Files out, never half-written: every output goes through a temporary file in the same folder
-and `os.replace` (`atomic_open`, `atomic_write`, `write_json_atomic`). And files in:
-`expand_sources` turns command-line sources (files, folders, globs) into a list of images.
+and `os.replace` (`atomic_open`, `atomic_write`, `write_json_atomic`); `check_writable` probes
+an output before hours of work go into it, and `describe_os_error` says what a failed write
+means (disk full, permission denied) with the path. And files in: `expand_sources` turns
+command-line sources (files, folders, globs) into a list of images, `read_text` reads a text
+file of any common encoding or refuses it in words, and `inside_folder` keeps a path named
+by a data file from leaving the folder it belongs to.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
+import errno
 import json
 import os
 import re
@@ -13,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, DataError
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -156,3 +162,135 @@ def write_json_atomic(obj: Any, path: str | os.PathLike, **dump_kwargs: Any) -> 
     with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, **dump_kwargs)
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors of writes, said in words
+
+
+_ERRNO_WORDS = {
+    errno.ENOSPC: "disk full (no space left on the device)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def os_error_errno(error: BaseException) -> int | None:
+    """The errno behind an error, also when a library wrapped the OSError (torch.save raises
+    RuntimeError "[enforce fail at inline_container.cc] ... No space left on device",
+    safetensors a SafetensorError): from the exception, its causes, or its message."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno:
+            return current.errno
+        current = current.__cause__ or current.__context__
+    text = str(error)
+    for number in _ERRNO_WORDS:
+        if os.strerror(number) in text:
+            return number
+    return None
+
+
+def describe_os_error(error: BaseException, path: str | os.PathLike) -> str:
+    """"PATH: disk full (no space left on the device)" and the like, for an error raised while
+    writing `path`; unknown errors keep their own text."""
+    number = os_error_errno(error)
+    if number in _ERRNO_WORDS:
+        return f"{os.fspath(path)}: cannot write: {_ERRNO_WORDS[number]}"
+    detail = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return f"{os.fspath(path)}: cannot write: {detail or type(error).__name__}"
+
+
+def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """Make sure `path` can be written before any work goes into it: creates the folder (or the
+    file's parent folders) and creates and deletes a probe file there. An existing file at
+    `path` is not touched. Raises OSError whose message (`strerror`) names `path` and says
+    what is wrong, as `describe_os_error` does.
+    """
+    path = Path(path)
+    target_dir = path if folder else path.parent
+    # the nearest existing folder above: mkdir would only say "File exists" for a file in the way
+    existing = next((p for p in (target_dir, *target_dir.parents) if p.exists()), None)
+    if not folder and path.is_dir():
+        raise OSError(errno.EISDIR, f"{os.fspath(path)}: cannot write: is a folder, not a file")
+    if existing is not None and not existing.is_dir():
+        what = "" if existing == path else f"{os.fspath(existing)} "
+        raise OSError(errno.ENOTDIR, f"{os.fspath(path)}: cannot write: {what}is a file, not a folder")
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=target_dir, prefix=".write_probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+        if not folder and path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied", str(path))
+    except OSError as e:
+        raise OSError(e.errno, describe_os_error(e, path)) from None
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Text and paths in
+
+
+_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def read_text(path: str | os.PathLike, *, encoding: str | None = None, what: str = "text file") -> str:
+    """A text file's contents, decoded.
+
+    encoding None: a byte-order mark decides (UTF-8, UTF-16 or UTF-32, as editors on Windows
+    write them), otherwise the file must be UTF-8. Anything else raises DataError naming the
+    file, the first undecodable byte and its offset, and how to fix it (re-save as UTF-8, or
+    name the encoding). Unreadable files raise DataError too, never a bare OSError.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    if encoding is None:
+        encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        return raw.decode(encoding)
+    except LookupError:
+        raise DataError(f"{path}: unknown text encoding {encoding!r}") from None
+    except UnicodeDecodeError as e:
+        bad = raw[e.start:e.start + 1]
+        raise DataError(
+            f"{path}: {what} is not valid {encoding} text (byte 0x{bad.hex()} at offset {e.start}); "
+            "re-save it as UTF-8, or name its encoding (e.g. --encoding cp1252)"
+        ) from None
+
+
+def inside_folder(name: str, folder: str | os.PathLike, *, allow_outside: bool = False) -> Path:
+    """`folder / name` for a file name read from a data file (COCO `file_name`, LabelMe
+    `imagePath`, a CSV `ImageId`), refusing names that leave the folder.
+
+    Absolute names and names whose `..` parts climb out of `folder` raise DataError, unless
+    `allow_outside`: a data file from elsewhere must not make us open (or, through an error
+    message, show) files such as /etc/passwd. Backslashes count as separators, since Windows
+    tools write them. The check is on the names, not on where symbolic links lead, so a folder
+    of links into a shared image store keeps working.
+    """
+    text = str(name).replace("\\", "/")
+    candidate = Path(text)
+    if allow_outside:
+        return candidate if candidate.is_absolute() else Path(folder) / candidate
+    if candidate.is_absolute() or re.match(r"^[A-Za-z]:", text):
+        raise DataError(f"{name!r} is an absolute path; file names must be relative to {os.fspath(folder)}")
+    normal = os.path.normpath(text)
+    if normal == ".." or normal.startswith("../"):
+        raise DataError(f"{name!r} points outside {os.fspath(folder)} (through '..')")
+    return Path(folder) / normal
