@@ -36,7 +36,6 @@ from maskrcnn.ops import (
 )
 
 tv_ops = torchvision.ops
-EPS32 = torch.finfo(torch.float32).eps  # 2^-23
 
 
 def generator(seed: int) -> torch.Generator:
@@ -138,7 +137,7 @@ def tied_scores(n, g, levels, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_nms_equals_torchvision(dtype, threshold, seed):
     g = generator(seed)
@@ -445,17 +444,18 @@ def mask_boxes(n, image_h, image_w, g, dtype):
 @pytest.mark.parametrize("image_size", [(37, 53), (100, 150), (240, 180)])
 @pytest.mark.parametrize("mask_size", [28, 14])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_paste_masks_equal_torchvision(image_size, mask_size, dtype):
+@pytest.mark.parametrize("padding", [1, 2])
+def test_paste_masks_equal_torchvision(image_size, mask_size, dtype, padding):
     g = generator(image_size[0] + mask_size)
     n = 24
     masks = torch.rand(n, mask_size, mask_size, generator=g, dtype=torch.float64).to(dtype)
     boxes = mask_boxes(n, *image_size, g, dtype)
-    ours = paste_masks(masks, boxes, image_size)
+    ours = paste_masks(masks, boxes, image_size, padding=padding)
     # torchvision's paste_mask_in_image cannot paste a box whose expanded integer box lies wholly
     # outside the image (its slice of the image is empty, its slice of the mask is not, and the
     # assignment raises): those are compared with 0, the rest with torchvision.
     height, width = image_size
-    scale = (mask_size + 2) / mask_size
+    scale = (mask_size + 2 * padding) / mask_size
     w_half, h_half = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale, (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
     x_c, y_c = (boxes[:, 2] + boxes[:, 0]) * 0.5, (boxes[:, 3] + boxes[:, 1]) * 0.5
     x0, x1 = (x_c - w_half).long(), (x_c + w_half).long()
@@ -463,11 +463,16 @@ def test_paste_masks_equal_torchvision(image_size, mask_size, dtype):
     inside = (x0 < width) & (x1 >= 0) & (y0 < height) & (y1 >= 0)
     assert 0 < int(inside.sum()) < n
     assert not ours[~inside].any()
-    theirs = paste_masks_in_image(masks[inside][:, None], boxes[inside], image_size)[:, 0]
-    # Same bilinear weights; we apply them as two matrix products, interpolate in its own
-    # order: a pasted value (a convex combination of values in [0, 1]) differs by a few ulps.
-    # Our weights are computed in float32 also for float64 masks (pasting is float32 work).
-    torch.testing.assert_close(ours[inside], theirs, rtol=0, atol=8 * EPS32)
+    theirs = paste_masks_in_image(masks[inside][:, None], boxes[inside], image_size, padding=padding)[:, 0]
+    # Same bilinear weights up to rounding: interpolate computes a source position
+    # scale * (d + 0.5) - 0.5 with a fused multiply-add, we round the product first, so the
+    # position (< M + 2 * padding) and its fraction can differ by an ulp of the position (32 / 7
+    # * 3.5 - 0.5 is 15.5 for us, 15.500001 for interpolate), the value by that times the
+    # difference of two neighbouring mask cells (<= 1) on each axis. The two products and sums
+    # add a few ulps of 1.
+    eps = torch.finfo(dtype).eps
+    atol = 2 * (mask_size + 2 * padding) * eps + 8 * eps
+    torch.testing.assert_close(ours[inside], theirs, rtol=0, atol=atol)
     assert (theirs > 0).any(dim=(1, 2)).sum() > n // 2
 
 
