@@ -11,9 +11,13 @@ Reads a COCO JSON (`images`, `annotations`, `categories`) and a folder of images
             image_id int             the COCO image id
             orig_size (H, W)         size before any transform
 
-The JSON is validated when the dataset is built, so a bad annotation is reported before
-training starts rather than hours in. Image files are only opened when a sample is loaded
-(or by `verify_images()`), because opening 100k images up front would take minutes.
+Everything is checked when the dataset is built, so bad data is reported before training or
+evaluation starts rather than hours in: the JSON (duplicate image, annotation or category
+ids; RLE whose runs do not cover exactly the image; `file_name`s that leave the image folder),
+and every image file's existence, header and size (only the header is read: about a
+millisecond per image, in threads, with a progress bar on large sets). `verify_images()`
+also decodes every image fully. Each error names the annotation file, the image id and file,
+or the annotation id, and what is wrong.
 """
 from __future__ import annotations
 
@@ -31,7 +35,16 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..io import DataError, ImageLoadError, exif_transpose, load_image, open_image
+from ..io import (
+    DataError,
+    ImageLoadError,
+    check_coco_rle,
+    exif_transpose,
+    image_sizes,
+    inside_folder,
+    load_image,
+    open_image,
+)
 
 __all__ = ["CocoDataset", "DataError", "read_coco_json", "BOX_TOLERANCE"]
 
@@ -41,6 +54,8 @@ __all__ = ["CocoDataset", "DataError", "read_coco_json", "BOX_TOLERANCE"]
 BOX_TOLERANCE = 2.0
 # Bad items listed in one error message; the rest are counted.
 _MAX_LISTED = 10
+# Datasets with more images than this show a progress bar while their files are checked.
+_PROGRESS_FROM = 2000
 
 Transform = Callable[[Tensor, dict[str, Any]], tuple[Tensor, dict[str, Any]]]
 
@@ -57,8 +72,14 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
         raise DataError(
             f"{path}: malformed JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}"
         ) from None
-    except (UnicodeDecodeError, OSError) as e:
-        raise DataError(f"{path}: cannot read annotation file ({e})") from None
+    except UnicodeDecodeError as e:
+        # json.loads reads UTF-8, UTF-16 and UTF-32 (with or without a byte-order mark)
+        raise DataError(
+            f"{path}: annotation file is not UTF-8, UTF-16 or UTF-32 JSON (byte 0x{e.object[e.start:e.start + 1].hex()} "
+            f"at offset {e.start}); re-save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read annotation file ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object with 'images' and 'categories', got {type(data).__name__}")
     for key in ("images", "categories"):
@@ -86,6 +107,15 @@ class CocoDataset(Dataset):
         image_dir: folder that the images' `file_name`s are relative to.
         transforms: callable `(image, target) -> (image, target)`, e.g. from `.transforms`.
         skip_bad: drop bad annotations and images (recorded in `skipped`) instead of raising.
+            Duplicate ids are always an error: which of two entries is meant cannot be guessed,
+            and COCO evaluation, which reads the same file, would count them wrongly.
+        check_files: check at once that every image file exists, has a readable header and the
+            JSON's size (default); False defers all of it to loading.
+        allow_outside_image_dir: follow `file_name`s that are absolute or climb out of
+            `image_dir` with `..` (refused by default: a JSON from elsewhere must not make us
+            open arbitrary files).
+        progress: show a progress bar while checking the files (None: for datasets of more
+            than 2000 images, when stderr is a terminal).
 
     Labels are contiguous 1..C in order of increasing category id; `class_names[label - 1]` is
     a label's name and `label_to_category_id` maps back for writing COCO results.
@@ -103,17 +133,23 @@ class CocoDataset(Dataset):
         *,
         transforms: Transform | None = None,
         skip_bad: bool = False,
+        check_files: bool = True,
+        allow_outside_image_dir: bool = False,
+        progress: bool | None = None,
     ) -> None:
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
         self.transforms = transforms
         self.skip_bad = skip_bad
+        self.allow_outside_image_dir = allow_outside_image_dir
         # (what, reason) for every annotation or image dropped under skip_bad. In DataLoader
         # worker processes, load-time skips land in the worker's copy; call `verify_images()`
         # in the main process to find them all up front.
         self.skipped: list[tuple[str, str]] = []
         self._bad_indices: set[int] = set()
         self._parse(read_coco_json(self.annotation_file))
+        if check_files:
+            self.check_files(progress=progress)
 
     # ------------------------------------------------------------------ parsing and validation
 
@@ -130,8 +166,25 @@ class CocoDataset(Dataset):
             f"(fix the data, or pass skip_bad=True / --skip-bad to drop bad items):\n{listed}{more}"
         )
 
+    def _refuse_duplicates(self, entries: list[Any], kind: str) -> None:
+        counts: dict[Any, int] = {}
+        for entry in entries:
+            if isinstance(entry, dict) and _is_int(entry.get("id")):
+                counts[entry["id"]] = counts.get(entry["id"], 0) + 1
+        repeated = sorted(i for i, n in counts.items() if n > 1)
+        if repeated:
+            listed = ", ".join(f"{i} ({counts[i]} times)" for i in repeated[:_MAX_LISTED])
+            more = f" and {len(repeated) - _MAX_LISTED} more" if len(repeated) > _MAX_LISTED else ""
+            raise DataError(
+                f"{self.annotation_file}: duplicate {kind} ids {listed}{more}; every {kind} needs its own "
+                f"id (COCO evaluation looks {kind}s up by id, so duplicates give wrong AP)"
+            )
+
     def _parse(self, data: dict[str, Any]) -> None:
         src = self.annotation_file
+        self._refuse_duplicates(data["categories"], "category")
+        self._refuse_duplicates(data["images"], "image")
+        self._refuse_duplicates(data.get("annotations", []), "annotation")
         categories = {}
         for c in data["categories"]:
             if not isinstance(c, dict) or not _is_int(c.get("id")):
@@ -147,6 +200,7 @@ class CocoDataset(Dataset):
         self._cat_to_label = {cid: k + 1 for k, cid in enumerate(self._category_ids)}
 
         images: dict[int, dict[str, Any]] = {}
+        paths: dict[int, Path] = {}
         dropped: set[Any] = set()  # ids of bad image entries; their annotations go with them
         bad_images: list[tuple[str, str]] = []
         for k, img in enumerate(data["images"]):
@@ -154,9 +208,7 @@ class CocoDataset(Dataset):
                 bad_images.append((f"images[{k}]", "no integer 'id'"))
                 continue
             what = f"image id {img['id']} ({img.get('file_name')!r})"
-            if img["id"] in images:
-                bad_images.append((what, "duplicate image id"))
-                continue
+            problem = None
             if not isinstance(img.get("file_name"), str) or not img["file_name"]:
                 problem = "no 'file_name'"
             elif not (_is_int(img.get("width")) and _is_int(img.get("height"))):
@@ -164,8 +216,14 @@ class CocoDataset(Dataset):
             elif img["width"] <= 0 or img["height"] <= 0:
                 problem = f"zero-size image {img['width']}x{img['height']}"
             else:
-                images[img["id"]] = img
-                continue
+                try:
+                    paths[img["id"]] = inside_folder(img["file_name"], self.image_dir,
+                                                     allow_outside=self.allow_outside_image_dir)
+                except DataError as e:
+                    problem = f"{e} (allow_outside_image_dir=True to follow it)"
+                else:
+                    images[img["id"]] = img
+                    continue
             bad_images.append((what, problem))
             dropped.add(img["id"])
         self._fail_or_skip(bad_images, "image entry")
@@ -176,9 +234,11 @@ class CocoDataset(Dataset):
             if not isinstance(ann, dict):
                 bad_anns.append((f"annotations[{k}]", "not a JSON object"))
                 continue
-            img = images.get(ann.get("image_id"))
+            image_id = ann.get("image_id")
+            image_id = image_id if _is_int(image_id) else None  # ids are ints; a list is not even hashable
+            img = images.get(image_id)
             aid = ann.get("id", f"#{k}")
-            if img is None and ann.get("image_id") in dropped:
+            if img is None and image_id in dropped:
                 continue
             if img is None:
                 bad_anns.append((f"annotation id {aid}", f"refers to unknown image id {ann.get('image_id')!r}"))
@@ -193,15 +253,25 @@ class CocoDataset(Dataset):
         # Sorted by id so the sample order does not depend on how the JSON was written.
         self._images = [images[i] for i in sorted(images)]
         self._anns = [per_image[i] for i in sorted(images)]
+        self._paths = [paths[i] for i in sorted(images)]
         if not self._images:
             raise DataError(f"{src}: no usable images")
+        if "annotations" not in data:
+            warnings.warn(f"{src} has no 'annotations' list (an image-info file?): every image "
+                          "counts as having no objects", stacklevel=3)
+        elif not any(self._anns):
+            left = " left after skipping bad ones" if bad_anns else ""
+            warnings.warn(f"{src} has no annotations{left}: every image counts as having no objects",
+                          stacklevel=3)
 
     def _check_annotation(self, ann: dict[str, Any], img: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         """Normalize one annotation; return (record, None) or ({}, what is wrong)."""
         width, height = img["width"], img["height"]
         cid = ann.get("category_id")
-        if cid not in self._cat_to_label:
+        if not _is_int(cid) or cid not in self._cat_to_label:
             return {}, f"unknown category id {cid!r} (categories are {self._category_ids[:20]})"
+        if ann.get("iscrowd", 0) not in (0, 1):  # True/False compare equal to 1/0
+            return {}, f"iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}"
         iscrowd = bool(ann.get("iscrowd", 0))
 
         seg = ann.get("segmentation")
@@ -219,14 +289,12 @@ class CocoDataset(Dataset):
                 if len(poly) % 2 or len(poly) < 6:
                     return {}, f"polygon {j} has {len(poly) / 2:g} points; a polygon needs at least 3 (x, y) pairs"
         elif isinstance(seg, dict):
-            size, counts = seg.get("size"), seg.get("counts")
-            if not (isinstance(size, list) and len(size) == 2 and list(size) == [height, width]):
-                return {}, f"RLE size {size!r} differs from the image size [{height}, {width}]"
-            if isinstance(counts, list):
-                if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
-                    return {}, f"uncompressed RLE counts do not cover the {height}x{width} image"
-            elif not isinstance(counts, str):
-                return {}, "RLE 'counts' must be a list (uncompressed) or a string (compressed)"
+            # pycocotools decodes runs that do not add up to H * W into uninitialised memory
+            problem = check_coco_rle(seg, height, width)
+            if problem is not None:
+                return {}, problem
+            if isinstance(seg["counts"], bytes):
+                seg = {"size": seg["size"], "counts": seg["counts"].decode("ascii")}
         else:
             return {}, f"segmentation of unknown type {type(seg).__name__}"
 
@@ -307,7 +375,7 @@ class CocoDataset(Dataset):
 
     def _load_pil(self, index: int):
         info = self._images[index]
-        path = self.image_dir / info["file_name"]
+        path = self._paths[index]
         try:
             # No pixel limit beyond Pillow's bomb check: training images are the user's own.
             raw = open_image(path, max_pixels=None)
@@ -328,7 +396,7 @@ class CocoDataset(Dataset):
 
     def _load(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         info, anns = self._images[index], self._anns[index]
-        path = self.image_dir / info["file_name"]
+        path = self._paths[index]
         try:
             # _load_pil already chose the orientation the JSON sizes match: exif=False
             image = load_image(self._load_pil(index), max_pixels=None, name=str(path), exif=False)
@@ -402,12 +470,46 @@ class CocoDataset(Dataset):
 
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
             results = list(pool.map(check, range(len(self))))
+        return self._drop(results)
+
+    def check_files(self, *, num_workers: int = 8, progress: bool | None = None) -> list[tuple[str, str]]:
+        """Check that every image file exists, has a readable header and the JSON's size (as
+        stored, or turned upright by its EXIF orientation), reading headers only. Called by the
+        constructor. Returns the problems as (what, reason); without skip_bad any problem
+        raises one `DataError` listing them, with skip_bad the bad images are dropped."""
+        def check(index: int) -> tuple[str, str] | None:
+            info, path = self._images[index], self._paths[index]
+            what = f"image id {info['id']} ({info['file_name']!r})"
+            try:
+                stored, oriented = image_sizes(path)
+            except ImageLoadError as e:
+                return what, str(e)
+            want = (info["height"], info["width"])
+            if want not in (stored, oriented):
+                return what, (f"{path}: file is {oriented[1]}x{oriented[0]} (WxH) but "
+                              f"{self.annotation_file.name} says {info['width']}x{info['height']}")
+            return None
+
+        from tqdm import tqdm
+
+        # tqdm's disable=None: only on a terminal
+        disable = (None if len(self) > _PROGRESS_FROM else True) if progress is None else not progress
+
+        with ThreadPoolExecutor(max(1, num_workers)) as pool:
+            results = list(tqdm(pool.map(check, range(len(self))), total=len(self), unit="img",
+                                desc=f"checking {self.annotation_file.name}'s images", leave=False,
+                                disable=disable))
+        return self._drop(results)
+
+    def _drop(self, results: list[tuple[str, str] | None]) -> list[tuple[str, str]]:
+        """Raise for (or, under skip_bad, drop) the images whose check returned a problem."""
         problems = [r for r in results if r is not None]
         if problems:
             self._fail_or_skip(problems, "image")
             keep = [i for i, r in enumerate(results) if r is None]
             self._images = [self._images[i] for i in keep]
             self._anns = [self._anns[i] for i in keep]
+            self._paths = [self._paths[i] for i in keep]
             self._bad_indices.clear()
             if not self._images:
                 raise DataError(f"{self.annotation_file}: no image in the dataset could be loaded")

@@ -5,6 +5,12 @@ folder (for CSV: to the image folder), so training takes `--images SRC`. Masks a
 way `CocoDataset` checks them; bad items raise `DataError` naming the file, unless
 `skip_bad=True`, which drops them and lists them in the result.
 
+Image names read from the files (LabelMe `imagePath`, CSV `ImageId`) must stay inside the
+source folder: absolute names and `..` that climb out of it are refused unless
+`allow_outside=True` (`--allow-outside-paths`); images found there then get absolute
+`file_name`s. Text files are read as UTF-8 (or UTF-16/32 with a byte-order mark), or in the
+`encoding` given; anything else is refused with the file and the offending byte named.
+
 Formats:
   labelme  SRC/**/*.json, LabelMe's files (polygon, rectangle, circle and mask shapes; shapes
            sharing a `group_id` and label form one instance; points and lines are ignored).
@@ -37,7 +43,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..io import DataError, decode_kaggle_rle, image_sizes, write_json_atomic
+from ..io import DataError, decode_kaggle_rle, image_sizes, inside_folder, read_text, write_json_atomic
 
 __all__ = [
     "ConversionResult", "labelme_to_coco", "mask_pngs_to_coco", "rle_csv_to_coco", "convert_main",
@@ -137,7 +143,10 @@ def _need_dir(folder: str | os.PathLike) -> Path:
 
 
 def _rel(path: Path, root: Path) -> str:
-    return Path(os.path.relpath(path, root)).as_posix()
+    """`path` relative to `root` for a `file_name`; absolute when it lies outside (only
+    reachable with allow_outside), so that no `..` name is written."""
+    rel = Path(os.path.relpath(path, root)).as_posix()
+    return os.path.abspath(path) if rel == ".." or rel.startswith("../") else rel
 
 
 def _find_image(folder: Path, stem: str) -> Path | None:
@@ -163,9 +172,14 @@ def _labelme_parts(shape: dict[str, Any], height: int, width: int) -> list | np.
     kind = shape.get("shape_type") or "polygon"
     pts = shape.get("points") or []
     try:
+        if not isinstance(pts, list) or not all(isinstance(p, (list, tuple)) and len(p) >= 2 for p in pts):
+            raise ValueError
         flat = [float(v) for p in pts for v in p[:2]]
+        if not all(math.isfinite(v) for v in flat):
+            raise ValueError
     except (TypeError, ValueError):
-        return f"bad points {pts!r:.60}"
+        # a malformed shape is an error, not a shape kind to pass over silently
+        raise DataError(f"bad points {pts!r:.60}: expected a list of [x, y] number pairs") from None
     if kind == "polygon":
         return [flat]
     if kind == "rectangle" and len(pts) == 2:
@@ -192,15 +206,31 @@ def _labelme_parts(shape: dict[str, Any], height: int, width: int) -> list | np.
     return f"shape_type {kind!r} is not a region"
 
 
+def _labelme_image_path(named: str, json_file: Path, folder: Path, allow_outside: bool) -> Path:
+    """A LabelMe `imagePath` (relative to its JSON file; backslashes from Windows) as a path,
+    refused with DataError when absolute or outside `folder`, unless `allow_outside`."""
+    text = named.replace("\\", "/")
+    if Path(text).is_absolute() or re.match(r"^[A-Za-z]:", text):
+        return inside_folder(text, folder, allow_outside=allow_outside)  # raises unless allowed
+    try:
+        return inside_folder(os.path.join(_rel(json_file.parent, folder), text), folder,
+                             allow_outside=allow_outside)
+    except DataError:
+        raise DataError(f"{named!r} points outside {folder} (through '..')") from None
+
+
 def labelme_to_coco(
     folder: str | os.PathLike, out_json: str | os.PathLike, *,
     class_names: Sequence[str] | None = None, skip_bad: bool = False,
+    allow_outside: bool = False, encoding: str | None = None,
 ) -> ConversionResult:
     """Convert a folder of LabelMe JSON files (searched recursively) into one COCO JSON.
 
-    Images are found through each file's `imagePath` (relative to the JSON file); `file_name`s
-    in the output are relative to `folder`. `class_names` fixes the category order (ids 1..K,
-    so train and val conversions agree); by default the labels found, sorted, are used.
+    Images are found through each file's `imagePath` (relative to the JSON file, and inside
+    `folder` unless `allow_outside`), else as an image with the JSON's stem beside it;
+    `file_name`s in the output are relative to `folder`. `class_names` fixes the category
+    order (ids 1..K, so train and val conversions agree); by default the labels found, sorted,
+    are used. `encoding`: of the JSON files (default: UTF-8, or as their byte-order mark says).
     """
     folder = _need_dir(folder)
     files = sorted(p for p in folder.rglob("*.json") if p.resolve() != Path(out_json).resolve())
@@ -209,17 +239,25 @@ def labelme_to_coco(
     builder = _CocoBuilder(class_names, skip_bad)
     for jf in files:
         try:
-            data = json.loads(jf.read_text(encoding="utf-8"))
+            data = json.loads(read_text(jf, encoding=encoding, what="LabelMe file"))
         except json.JSONDecodeError as e:
             raise DataError(f"{jf}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-        if not isinstance(data, dict) or "shapes" not in data:
-            builder.bad(str(jf), "not a LabelMe file (no 'shapes')")
+        if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
+            builder.bad(str(jf), "not a LabelMe file (no 'shapes' list)")
             continue
-        image_path = jf.parent / str(data.get("imagePath") or "").replace("\\", "/")
-        if not data.get("imagePath") or not image_path.is_file():
+        named, refused = data.get("imagePath"), None
+        image_path = None
+        if named:
+            try:
+                image_path = _labelme_image_path(str(named), jf, folder, allow_outside)
+            except DataError as e:
+                refused = f"imagePath {e}"
+        if image_path is None or not image_path.is_file():
             image_path = _find_image(jf.parent, jf.stem) or image_path
-        if not image_path.is_file():
-            builder.bad(str(jf), f"image {data.get('imagePath')!r} not found next to it")
+        if image_path is None or not image_path.is_file():
+            why = (f"{refused} (--allow-outside-paths to follow it), and no image named {jf.stem}.* beside it"
+                   if refused else f"image {named!r} not found next to it")
+            builder.bad(str(jf), why)
             continue
         _, (height, width) = image_sizes(image_path)  # LabelMe shows images EXIF-rotated
         if (data.get("imageHeight"), data.get("imageWidth")) not in ((None, None), (height, width)):
@@ -229,6 +267,9 @@ def labelme_to_coco(
         image_id = builder.add_image(_rel(image_path, folder), height, width)
         groups: dict[tuple[str, Any], list] = {}
         for k, shape in enumerate(data["shapes"]):
+            if not isinstance(shape, dict):
+                builder.bad(f"{jf}: shape {k}", f"not a JSON object: {shape!r:.60}")
+                continue
             what = f"{jf}: shape {k} ({shape.get('label')!r})"
             try:
                 parts = _labelme_parts(shape, height, width)
@@ -311,19 +352,21 @@ def mask_pngs_to_coco(
 
 def rle_csv_to_coco(
     csv_file: str | os.PathLike, image_dir: str | os.PathLike, out_json: str | os.PathLike, *,
-    class_name: str = "object", skip_bad: bool = False,
+    class_name: str = "object", skip_bad: bool = False, allow_outside: bool = False,
+    encoding: str | None = None,
 ) -> ConversionResult:
     """Convert a Kaggle run-length CSV (`ImageId,EncodedPixels`, one row per instance) into COCO.
 
     `ImageId` is looked up in `image_dir` as given, then with an image extension added, then as
-    NAME/images/NAME.png (Data Science Bowl 2018). Rows with an empty `EncodedPixels` list
-    images without objects. Image sizes come from the files (run lengths need H to decode).
+    NAME/images/NAME.png (Data Science Bowl 2018); it must stay inside `image_dir` unless
+    `allow_outside`. Rows with an empty `EncodedPixels` list images without objects. Image
+    sizes come from the files (run lengths need H to decode). `encoding`: of the CSV (default:
+    UTF-8, or as its byte-order mark says, as Excel writes it).
     """
     csv_file, image_dir = Path(csv_file), _need_dir(image_dir)
-    try:
-        text = csv_file.read_text(encoding="utf-8-sig")  # -sig: Excel writes a BOM
-    except OSError as e:
-        raise DataError(f"{csv_file}: cannot read ({e})") from None
+    text = read_text(csv_file, encoding=encoding, what="CSV file")
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte-order mark decoded with an explicit encoding
     reader = csv.DictReader(io.StringIO(text))
     columns = {c.strip().lower(): c for c in reader.fieldnames or []}
     if "imageid" not in columns or "encodedpixels" not in columns:
@@ -336,7 +379,12 @@ def rle_csv_to_coco(
         name = (row.get(col_id) or "").strip()
         what = f"{csv_file}:{line} (ImageId {name!r})"
         if name not in ids:
-            path = image_dir / name
+            try:
+                path = inside_folder(name, image_dir, allow_outside=allow_outside)
+            except DataError as e:
+                builder.bad(what, f"ImageId {e} (--allow-outside-paths to follow it)")
+                ids[name] = None
+                continue
             if not path.is_file():
                 path = _find_image(image_dir, name) or _find_image(image_dir / name / "images", name) or path
             if not path.is_file():
@@ -379,19 +427,25 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
     for p in sub.choices.values():
         p.add_argument("--out", required=True, help="COCO JSON to write (atomically)")
         p.add_argument("--skip-bad", action="store_true", help="drop bad items and report them instead of stopping")
+        if p.prog.split()[-1] != "masks":
+            p.add_argument("--encoding", help="encoding of the text files read (default: UTF-8, or their byte-order mark's)")
+            p.add_argument("--allow-outside-paths", action="store_true",
+                           help="follow image paths that are absolute or leave the source folder through '..'")
         if p.prog.split()[-1] != "rle-csv":
             p.add_argument("--classes", help="comma-separated class names, fixing category ids 1..K")
     args = parser.parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if getattr(args, "classes", None) else None
     try:
         if args.format == "labelme":
-            result = labelme_to_coco(args.src, args.out, class_names=classes, skip_bad=args.skip_bad)
+            result = labelme_to_coco(args.src, args.out, class_names=classes, skip_bad=args.skip_bad,
+                                     allow_outside=args.allow_outside_paths, encoding=args.encoding)
         elif args.format == "masks":
             result = mask_pngs_to_coco(args.src, args.out, class_names=classes,
                                        default_class=args.default_class, skip_bad=args.skip_bad)
         else:
-            result = rle_csv_to_coco(args.src, args.images, args.out,
-                                     class_name=args.class_name, skip_bad=args.skip_bad)
+            result = rle_csv_to_coco(args.src, args.images, args.out, class_name=args.class_name,
+                                     skip_bad=args.skip_bad, allow_outside=args.allow_outside_paths,
+                                     encoding=args.encoding)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

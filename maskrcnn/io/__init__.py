@@ -1,7 +1,7 @@
 """Reading images and writing files, for every part of the package (data, inference,
 checkpoints, training): images.py (any image -> the model's input), files.py (atomic writes,
 write checks and errors in words, command-line sources, text of any encoding, paths kept
-inside their folder), rle.py (Kaggle run-length masks)."""
+inside their folder), rle.py (Kaggle run-length masks; COCO's compressed RLE checked before pycocotools decodes it)."""
 from .files import (
     atomic_open,
     atomic_write,
@@ -26,7 +26,7 @@ from .images import (
     load_image,
     open_image,
 )
-from .rle import decode_kaggle_rle, encode_kaggle_rle
+from .rle import check_coco_rle, coco_rle_counts, decode_kaggle_rle, encode_kaggle_rle
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -37,7 +37,9 @@ __all__ = [
     "ImageSource",
     "atomic_open",
     "atomic_write",
+    "check_coco_rle",
     "check_writable",
+    "coco_rle_counts",
     "describe_os_error",
     "decode_kaggle_rle",
     "encode_kaggle_rle",

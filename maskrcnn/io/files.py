@@ -286,8 +286,8 @@ def inside_folder(name: str, folder: str | os.PathLike, *, allow_outside: bool =
     """
     text = str(name).replace("\\", "/")
     candidate = Path(text)
-    if allow_outside:
-        return candidate if candidate.is_absolute() else Path(folder) / candidate
+    if allow_outside:  # ".." taken by name, as for the check below (the OS would need "sub/" to exist)
+        return Path(os.path.normpath(text if candidate.is_absolute() else os.path.join(folder, text)))
     if candidate.is_absolute() or re.match(r"^[A-Za-z]:", text):
         raise DataError(f"{name!r} is an absolute path; file names must be relative to {os.fspath(folder)}")
     normal = os.path.normpath(text)

@@ -1,5 +1,6 @@
 """Kaggle's run-length masks ("start length ..." over the column-major pixels, 1-based), read by
-the CSV converter and written by the prediction CSV."""
+the CSV converter and written by the prediction CSV; and a checker for COCO's RLE, so that a
+truncated or inconsistent one is refused before pycocotools decodes it into garbage."""
 from __future__ import annotations
 
 import math
@@ -60,3 +61,79 @@ def decode_kaggle_rle(rle: str | None, shape: tuple[int, int]) -> np.ndarray:
     # when runs overlap or come unsorted)
     delta = np.bincount(starts, minlength=total + 1) - np.bincount(ends, minlength=total + 1)
     return (np.cumsum(delta[:total]) > 0).reshape((height, width), order="F")
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO's compressed RLE, checked before pycocotools sees it
+
+
+def coco_rle_counts(counts: str | bytes) -> list[int]:
+    """pycocotools' compressed RLE string -> its run lengths (background first, alternating).
+
+    The format (pycocotools' rleToString): each run is a little-endian sequence of 5-bit
+    groups stored as characters chr(48 + group), bit 0x20 meaning "another group follows" and
+    bit 0x10 of the last group the sign; from the fourth run on, the value stored is the
+    difference to the run two before. pycocotools itself reads past the end of a string whose
+    last run is unfinished, and turns negative runs into huge unsigned ones; both give masks of
+    uninitialised memory, so this decoder raises DataError instead, saying what is wrong.
+    """
+    if isinstance(counts, str):
+        try:
+            data = counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise DataError(f"compressed RLE counts {counts[:40]!r} hold non-ASCII characters") from None
+    else:
+        data = bytes(counts)
+    runs: list[int] = []
+    value = groups = 0
+    for position, byte in enumerate(data):
+        c = byte - 48
+        if not 0 <= c < 64:
+            raise DataError(f"compressed RLE counts: character {chr(byte)!r} at position {position} is "
+                            "not an RLE digit ('0' to 'o')")
+        value |= (c & 0x1F) << (5 * groups)
+        groups += 1
+        if c & 0x20:
+            continue  # more groups of this run follow
+        if c & 0x10:
+            value |= -1 << (5 * groups)  # negative: sign-extend
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise DataError(f"compressed RLE counts: run {len(runs)} has the negative length {value}")
+        runs.append(value)
+        value = groups = 0
+    if groups:
+        raise DataError(f"compressed RLE counts {data[:40].decode('ascii')!r} are truncated: the last run "
+                        "is unfinished")
+    return runs
+
+
+def check_coco_rle(rle: object, height: int, width: int) -> str | None:
+    """What is wrong with a COCO RLE segmentation {"size": [H, W], "counts": ...} for an H x W
+    image, or None: the size must match and the runs (compressed string, or uncompressed list of
+    non-negative integers) must add up to exactly H * W pixels, or pycocotools would read or
+    write past the mask."""
+    if not isinstance(rle, dict):
+        return f"RLE must be a dict with 'size' and 'counts', got {type(rle).__name__}"
+    size, counts = rle.get("size"), rle.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and list(size) == [height, width]):
+        return f"RLE size {size!r} differs from the image size [{height}, {width}]"
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            return "uncompressed RLE counts must be non-negative integers"
+        runs = counts
+        kind = "uncompressed"
+    elif isinstance(counts, (str, bytes)):
+        try:
+            runs = coco_rle_counts(counts)
+        except DataError as e:
+            return str(e)
+        kind = "compressed"
+    else:
+        return "RLE 'counts' must be a list (uncompressed) or a string (compressed)"
+    total = sum(runs)
+    if total != height * width:
+        return (f"{kind} RLE runs add up to {total} pixels, but the {height}x{width} image has "
+                f"{height * width}")
+    return None

@@ -149,7 +149,9 @@ def test_malformed_json_names_file_and_position(tmp_path):
 def test_missing_image_file_names_file_and_image_id(tmp_path, square_ann):
     path = write_coco(tmp_path, [(5, "a.png", blank())], [square_ann(1, 5)])
     (tmp_path / "images" / "a.png").unlink()
-    ds = CocoDataset(path, tmp_path / "images")  # images are opened lazily
+    with pytest.raises(DataError, match=r"image id 5.*a\.png.*not found"):
+        CocoDataset(path, tmp_path / "images")  # checked before training or evaluation starts
+    ds = CocoDataset(path, tmp_path / "images", check_files=False)  # or only when loaded
     with pytest.raises(DataError, match=r"image id 5.*a\.png.*not found"):
         ds[0]
 
@@ -204,7 +206,9 @@ def test_zero_area_annotation(tmp_path, square_ann, field):
 def test_image_size_in_json_differs_from_file(tmp_path, square_ann):
     path = write_coco(tmp_path, [(3, "c.png", blank())], [square_ann(1, 3)])
     Image.fromarray(blank(41, 50)).save(tmp_path / "images" / "c.png")
-    ds = CocoDataset(path, tmp_path / "images")
+    with pytest.raises(DataError, match=r"(?s)1 bad image.*image id 3.*c\.png: file is 50x41 .* says 50x40"):
+        CocoDataset(path, tmp_path / "images")
+    ds = CocoDataset(path, tmp_path / "images", check_files=False)
     with pytest.raises(DataError, match=r"c\.png \(image id 3\): file is 50x41 .* says 50x40"):
         ds[0]
     with pytest.raises(DataError, match=r"(?s)1 bad image.*image id 3"):
@@ -224,7 +228,10 @@ def test_skip_bad_drops_and_counts_bad_annotations_and_images(tmp_path, square_a
     anns = [square_ann(1, 1, category_id=9), square_ann(2, 1), square_ann(3, 2, x=200), square_ann(4, 3)]
     path = write_coco(tmp_path, [(1, "a.png", blank()), (2, "b.png", blank()), (3, "c.png", blank())], anns)
     (tmp_path / "images" / "b.png").unlink()
-    ds = CocoDataset(path, tmp_path / "images", skip_bad=True)
+    checked = CocoDataset(path, tmp_path / "images", skip_bad=True)  # b.png dropped up front
+    assert checked.image_ids == [1, 3] and len(checked.skipped) == 3
+    assert "image id 2 ('b.png')" in [w for w, _ in checked.skipped]
+    ds = CocoDataset(path, tmp_path / "images", skip_bad=True, check_files=False)
     assert len(ds.skipped) == 2 and {w.split(" (")[0] for w, _ in ds.skipped} == {"annotation id 1", "annotation id 3"}
     _, t0 = ds[0]
     assert t0["boxes"].shape == (1, 4)  # annotation 2 survives beside the dropped one
@@ -234,7 +241,7 @@ def test_skip_bad_drops_and_counts_bad_annotations_and_images(tmp_path, square_a
     ds[1]  # the bad image is remembered, not counted twice
     assert len(ds.skipped) == 3
 
-    fresh = CocoDataset(path, tmp_path / "images", skip_bad=True)
+    fresh = CocoDataset(path, tmp_path / "images", skip_bad=True, check_files=False)
     problems = fresh.verify_images(num_workers=2)
     assert len(problems) == 1 and len(fresh) == 2 and fresh.image_ids == [1, 3]
     assert len(fresh.skipped) == 3
