@@ -334,8 +334,8 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
     try:
         done, total_detections = assemble(log, paths, names, image_ids, out, args.csv)
     except OSError as e:
-        say(f"maskrcnn predict: {describe_os_error(e, getattr(e, 'filename', None) or out)}; "
-            f"every finished image is kept in {log.path} (--resume assembles it)")
+        say(f"maskrcnn predict: {e.strerror or e}; every finished image is kept in {log.path} "
+            "(--resume assembles it)")
         return 2
     seconds = time.perf_counter() - start
     say(f"{done} image(s), {total_detections} detection(s) in {seconds:.1f} s -> {out}"
@@ -553,7 +553,26 @@ def assemble(log: ProgressLog, paths: list[Path], names: list[str], image_ids: l
     keys = [_key(p) for p in paths]
     images: list[dict[str, Any]] = []
     count = 0
-    with atomic_open(out / "results.json", "w", encoding="utf-8") as f:
+    target = out / "results.json"
+    try:
+        count = _write_results(log, keys, paths, image_ids, target, images)
+        target = out / "images.json"
+        write_json_atomic(images, target, indent=0)
+        if csv_path is not None:
+            target = csv_path
+            rows = ((names[i], record.get("csv", []))
+                    for i, record in enumerate(log.records(keys)) if record is not None)
+            write_rle_csv(csv_path, _csv_masks(rows))
+    except OSError as e:
+        raise OSError(e.errno, describe_os_error(e, target)) from e
+    return len(images), count
+
+
+def _write_results(log: ProgressLog, keys: list[str], paths: list[Path], image_ids: list[Any],
+                   target: Path, images: list[dict[str, Any]]) -> int:
+    """Stream the COCO results of every finished image into `target`; fill `images`."""
+    count = 0
+    with atomic_open(target, "w", encoding="utf-8") as f:
         f.write("[")
         for i, record in enumerate(log.records(keys)):
             if record is None:
@@ -565,12 +584,7 @@ def assemble(log: ProgressLog, paths: list[Path], names: list[str], image_ids: l
                 f.write(("," if count else "") + json.dumps(entry, separators=(",", ":")))
                 count += 1
         f.write("]")
-    write_json_atomic(images, out / "images.json", indent=0)
-    if csv_path is not None:
-        rows = ((names[i], record.get("csv", []))
-                for i, record in enumerate(log.records(keys)) if record is not None)
-        write_rle_csv(csv_path, _csv_masks(rows))
-    return len(images), count
+    return count
 
 
 class _Stop(BaseException):
