@@ -284,6 +284,7 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
         with signals.deferred():
             log.append({"path": _key(paths[i]), "file": str(paths[i]), "error": problem})
 
+    sources = [str(p) for p in paths]
     with _Signals() as signals:
         try:
             for first in range(0, len(todo), args.batch_size):
@@ -295,12 +296,15 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
                     except ImageLoadError as e:
                         fail(i, e.problem)
                         continue
+                    except Exception as e:  # e.g. MemoryError decoding a huge file: this image only
+                        fail(i, f"cannot read image ({type(e).__name__}: {e})")
+                        continue
                     problem = unprocessable(predictor, image)
                     if problem:
                         fail(i, problem)
                     else:
                         loaded[i] = image
-                outcomes = predict_isolated(predictor, loaded, [str(p) for p in paths], args)
+                outcomes = predict_isolated(predictor, loaded, sources, args)
                 for i, result in outcomes.items():
                     if isinstance(result, str):
                         fail(i, result)
@@ -391,7 +395,9 @@ def unprocessable(predictor, image: torch.Tensor) -> str | None:
     """
     from ..modeling.transform import resized_size
 
-    t = predictor.model.transform
+    t = getattr(getattr(predictor, "model", None), "transform", None)
+    if t is None:  # a backend without our transform: let it try, predict_isolated reports failures
+        return None
     height, width = int(image.shape[-2]), int(image.shape[-1])
     new_h, new_w = resized_size(height, width, t.min_size[-1], t.max_size)
     if new_h >= 1 and new_w >= 1:
