@@ -126,9 +126,24 @@ class Checkpointer:
             number = os_error_errno(e)
             if number is None:
                 raise  # not an I/O failure: a bug, shown as it is
+            self._remove_incomplete(iteration)  # frees the space a full disk needs back
             raise self._write_error(e, number, target, iteration) from e
         self._prune(keep_name=model_name)
         return self.directory / model_name
+
+    def _remove_incomplete(self, iteration: int) -> None:
+        """Delete the files of a checkpoint whose save failed, unless the pointer names it."""
+        try:
+            if json.loads((self.directory / POINTER).read_text()).get("iteration") == iteration:
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
+        model_name, state_name = self.names(iteration)
+        for name in (model_name, Path(model_name).with_suffix(".json").name, state_name):
+            try:
+                (self.directory / name).unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def _write_error(self, error: Exception, number: int, target: Path, iteration: int) -> CheckpointWriteError:
         what = describe_os_error(error, target)
@@ -138,7 +153,7 @@ class Checkpointer:
             previous = None
         kept = (f"the previous checkpoint {previous['model'].name} (iteration {previous['iteration']}) "
                 "is intact" if previous else "no earlier checkpoint exists")
-        hint = ""
+        hint = ""  # the files of the failed checkpoint have been removed by now
         if number in (errno.ENOSPC, errno.EDQUOT):
             hint = "; free disk space (or lower train.keep_checkpoints) and continue with --resume"
         return CheckpointWriteError(number, f"cannot save the checkpoint of iteration {iteration}: {what}; {kept}{hint}")
