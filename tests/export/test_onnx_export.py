@@ -162,7 +162,8 @@ def test_graph_resize_sizes_are_the_eager_float64_ones():
         assert batch.shape == (1, 3, 800, math.ceil(expected[1] / 32) * 32)
     assert _float32_scale_size(333, 500, 800, 1333) == (799, 1201)
     # a sweep of sizes through the graph's size arithmetic alone
-    sizes = np.array([(h, w) for h in range(2, 2000, 13) for w in range(2, 2000, 17)], np.int64)
+    sizes = [(h, w) for h in range(2, 2000, 13) for w in range(2, 2000, 17)]
+    sizes = np.array(sizes + [(2, 5000), (1, 3000), (7000, 3)], np.int64)  # strips: at least 1 pixel
     sizes_only = _preprocess_model(ImageTransform(min_size=800, max_size=1333), sizes_only=True)
     [resized] = sizes_only.run(None, {"image_sizes": sizes})
     eager_sizes = [resized_size(int(h), int(w), 800, 1333) for h, w in sizes]
