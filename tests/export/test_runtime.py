@@ -1,5 +1,5 @@
-"""`load_model("model.onnx")`: the same Predictor and Results as the eager weights; the second
-variant (v2, masks pasted by the runtime); clear errors for what an exported graph cannot do."""
+"""`load_model("model.onnx")`: the same Predictor and Results as the eager weights; clear errors
+for what an exported graph cannot do. (v2 and the runtime's paste: test_trained_roundtrip.py.)"""
 from __future__ import annotations
 
 import sys
@@ -10,7 +10,7 @@ import torch
 
 from maskrcnn.inference.api import Predictor, load_model
 
-from export_helpers import CATEGORY_IDS, CLASS_NAMES, assert_same_detections, make_image, make_small_model
+from export_helpers import CATEGORY_IDS, CLASS_NAMES, make_image
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -37,29 +37,6 @@ def test_predictor_results_as_eager(small_model, small_onnx):
         assert res.label_map.shape == ref.label_map.shape
         assert res.draw().size == ref.draw().size
     assert "classes=3" in repr(onnx_predictor)
-
-
-@pytest.fixture(scope="module")
-def v2(tmp_path_factory):
-    """The small preset as v2 (conv box head, batch norm in the heads), exported without paste."""
-    from maskrcnn.export import OnnxModel, export_onnx
-
-    model = make_small_model("v2", seed=1)
-    path = export_onnx(model, tmp_path_factory.mktemp("v2") / "small_v2.onnx")
-    return model, OnnxModel(path, threads=2)
-
-
-@pytest.mark.parametrize("sizes", [[(96, 128)], [(200, 90)], [(100, 150), (150, 77)]], ids=["landscape", "portrait", "batch"])
-def test_v2_same_detections_as_eager(v2, sizes):
-    model, onnx_model = v2
-    assert not onnx_model.pasted and "masks" not in onnx_model.output_names
-    images = [make_image(i + 40, h, w) for i, (h, w) in enumerate(sizes)]
-    with torch.no_grad():
-        refs = model(images, score_thresh=0.3).detections
-    dets = onnx_model(images, score_thresh=0.3).detections  # masks pasted by the runtime
-    for ref, det in zip(refs, dets):
-        assert len(ref) > 0
-        assert_same_detections(ref, det)
 
 
 def test_errors_say_what_to_do(small_onnx, tmp_path, monkeypatch):
