@@ -1,6 +1,14 @@
 """CPU inference speed of v1 Mask R-CNN R50-FPN, per stage, against the machine's FLOP floor.
 
     python benchmarks/inference_cpu.py [--threads 2] [--runs 5] [--score-thresh 0.05]
+    python benchmarks/inference_cpu.py --backend all     # + our ONNX graph in ONNX Runtime
+
+--backend onnxruntime / all also exports our model to ONNX (`maskrcnn.export_onnx`, masks
+pasted in the graph, so it does all the work of the eager row) and times it in ONNX Runtime
+with the same thread count. Run inside a venv that has torchvision (the reference venv, with
+the onnx extra installed), the same run also exports torchvision's own maskrcnn_resnet50_fpn on
+the same weights the way torchvision documents (torch.onnx.export, opset 11+, dynamo=False),
+and times it in ONNX Runtime, alternating with ours run by run so both see the same machine.
 
 Weights: the torchvision parity fixture's recipe (tests/fixtures/torchvision_parity), so the
 detections (and the mask branch's work) look like a trained model's. Input: coffee.png, which the
@@ -100,9 +108,18 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--score-thresh", type=float, default=0.05)
+    parser.add_argument("--backend", choices=("eager", "onnxruntime", "all"), default="eager",
+                        help="eager: the per-stage table; onnxruntime: our ONNX graph (and torchvision's, "
+                             "when installed) in ONNX Runtime; all: both")
+    parser.add_argument("--onnx-dir", type=Path, help="keep the exported .onnx files here (reused when present)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.backend == "onnxruntime":
+        figures = onnx_main(args)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1))
+        return 0
 
     keys = json.loads((FIXTURE / "v1_keys.json").read_text())
     model = maskrcnn.from_torchvision(seeded_state_dict(keys), "v1", box_score_thresh=args.score_thresh)
@@ -143,14 +160,126 @@ def main(argv=None) -> int:
     print(f"| {'torchvision 0.28 (reference figure)':<34} | {TORCHVISION_REFERENCE_S:9.3f} | "
           f"{TORCHVISION_REFERENCE_S / floor:7.2f} | {TORCHVISION_REFERENCE_S / median_total:7.2f} |")
     print(f"| {'FLOP floor (FLOPs / matmul rate)':<34} | {floor:9.3f} | {1.0:7.2f} | {floor / median_total:7.2f} |")
+    figures = {
+        "seconds_per_image": median_total, "runs": totals, "stages": stage_median, "gflop": flops / 1e9,
+        "stage_gflop": {k: v / 1e9 for k, v in flops_per_stage.items()},
+        "matmul_gflops": rate / 1e9, "floor_s": floor, "ratio_to_floor": median_total / floor,
+        "detections": detections, "threads": args.threads,
+    }
+    if args.backend == "all":
+        print()
+        figures["onnxruntime"] = onnx_main(args, model=model, image=image, floor=floor, eager_s=median_total)
     if args.json:
-        args.json.write_text(json.dumps({
-            "seconds_per_image": median_total, "runs": totals, "stages": stage_median, "gflop": flops / 1e9,
-            "stage_gflop": {k: v / 1e9 for k, v in flops_per_stage.items()},
-            "matmul_gflops": rate / 1e9, "floor_s": floor, "ratio_to_floor": median_total / floor,
-            "detections": detections, "threads": args.threads,
-        }, indent=1))
+        args.json.write_text(json.dumps(figures, indent=1))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX Runtime rows
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_ours(model, path: Path) -> Path:
+    if not path.is_file():
+        start = time.perf_counter()
+        maskrcnn.export_onnx(model, path, paste=True)
+        print(f"exported ours to {path} in {time.perf_counter() - start:.0f} s")
+    return path
+
+
+def export_torchvision(score_thresh: float, path: Path) -> Path | None:
+    """torchvision's maskrcnn_resnet50_fpn on the recipe weights, exported as torchvision
+    documents it (its test_onnx.py): the classic exporter, a list of one image, dynamic H, W."""
+    try:
+        from torchvision.models.detection import maskrcnn_resnet50_fpn
+    except ImportError:
+        return None
+    if path.is_file():
+        return path
+    keys = json.loads((FIXTURE / "v1_keys.json").read_text())
+    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, box_score_thresh=score_thresh)
+    tv.load_state_dict(seeded_state_dict(keys))
+    tv.eval()
+    start = time.perf_counter()
+    example = [torch.rand(3, 400, 600)]
+    torch.onnx.export(tv, (example,), str(path), opset_version=17, dynamo=False, do_constant_folding=True,
+                      input_names=["images"], output_names=["boxes", "labels", "scores", "masks"],
+                      dynamic_axes={"images": [1, 2], "boxes": [0, 1], "labels": [0], "scores": [0],
+                                    "masks": [0, 1, 2, 3]})
+    print(f"exported torchvision {__import__('torchvision').__version__} to {path} in "
+          f"{time.perf_counter() - start:.0f} s")
+    return path
+
+
+def onnx_main(args, *, model=None, image=None, floor=None, eager_s=None) -> dict:
+    import tempfile
+
+    import onnxruntime
+
+    if model is None:
+        keys = json.loads((FIXTURE / "v1_keys.json").read_text())
+        model = maskrcnn.from_torchvision(seeded_state_dict(keys), "v1", box_score_thresh=args.score_thresh)
+        array = np.array(Image.open(FIXTURE / "coffee.png").convert("RGB"))
+        image = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+    if floor is None:
+        with torch.no_grad():
+            floor = sum(stage_flops(model, image).values()) / matmul_rate()
+    folder = args.onnx_dir or Path(tempfile.mkdtemp(prefix="maskrcnn_bench_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"thresh{args.score_thresh:g}"
+    ours = ort_session(export_ours(model, folder / f"maskrcnn_r50_fpn_paste_{tag}.onnx"), args.threads)
+    tv_path = export_torchvision(args.score_thresh, folder / f"torchvision_r50_fpn_{tag}.onnx")
+    tv = ort_session(tv_path, args.threads) if tv_path else None
+
+    x = image[None].numpy()
+    ours_feeds = {"images": x, "image_sizes": np.array([list(image.shape[-2:])], np.int64),
+                  "score_threshold": np.array(args.score_thresh, np.float32)}
+    tv_feeds = {"images": image.numpy()}
+    runners = {"ours": lambda: ours.run(None, ours_feeds)}
+    if tv is not None:
+        runners["torchvision"] = lambda: tv.run(None, tv_feeds)
+    for run in runners.values():  # warm-up
+        run()
+    times = {name: [] for name in runners}
+    outputs = {}
+    for _ in range(args.runs):
+        for name, run in runners.items():  # alternating: both see the same machine
+            outputs[name], t = _timed(run)
+            times[name].append(t)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    counts = {"ours": int(outputs["ours"][0].shape[0])}
+    if tv is not None:
+        counts["torchvision"] = int(outputs["torchvision"][0].shape[0])
+
+    print(f"ONNX Runtime {onnxruntime.__version__}, {args.threads} threads; coffee.png -> 800 x 1200; "
+          f"detections: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (score > {args.score_thresh})")
+    print()
+    base = median.get("torchvision")
+    print(f"| {'model':<44} | {'s / image':>9} | {'x floor':>7} | {'vs tv ORT':>9} |")
+    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 9}|{'-' * 11}|")
+    rows = []
+    if eager_s is not None:
+        rows.append(("maskrcnn eager (this run, median)", eager_s))
+    rows.append(("maskrcnn ONNX Runtime (median)", median["ours"]))
+    if base is not None:
+        rows.append((f"torchvision {__import__('torchvision').__version__} ONNX Runtime (median)", base))
+    rows.append(("FLOP floor (FLOPs / matmul rate)", floor))
+    for label, seconds in rows:
+        vs = f"{seconds / base:9.2f}" if base else f"{'-':>9}"
+        print(f"| {label:<44} | {seconds:9.3f} | {seconds / floor:7.2f} | {vs} |")
+    if base is None:
+        print("\n(torchvision is not installed here: run in the reference venv for its ONNX Runtime row)")
+    return {"median_s": median, "runs": times, "detections": counts, "floor_s": floor, "threads": args.threads,
+            "onnxruntime": onnxruntime.__version__}
 
 
 if __name__ == "__main__":
