@@ -25,6 +25,7 @@ scripted, and its tracer fixes Python loops and sizes to the traced example.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -106,7 +107,8 @@ def export_onnx(
     from .graph import InferenceGraph
     from .ops import onnx_translations
 
-    model = model.eval()
+    # A CPU copy in eval mode: the caller's model keeps its device and mode.
+    model = copy.deepcopy(model).cpu().eval()
     graph = InferenceGraph(model, paste=paste).eval()
     images, frame = _example_inputs(model)
     with torch.no_grad():
