@@ -299,11 +299,7 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
                     except Exception as e:  # e.g. MemoryError decoding a huge file: this image only
                         fail(i, f"cannot read image ({type(e).__name__}: {e})")
                         continue
-                    problem = unprocessable(predictor, image)
-                    if problem:
-                        fail(i, problem)
-                    else:
-                        loaded[i] = image
+                    loaded[i] = image
                 outcomes = predict_isolated(predictor, loaded, sources, args)
                 for i, result in outcomes.items():
                     if isinstance(result, str):
@@ -384,29 +380,6 @@ def _write_outputs(args, result: Result, path: Path, name: str, image_id: Any) -
     if args.csv is not None:
         record["csv"] = instance_rles(result)
     return record
-
-
-def unprocessable(predictor, image: torch.Tensor) -> str | None:
-    """Why the model cannot take this image, found before running it; None when it can.
-
-    The model's resize (short side to min_size, long side at most max_size, sizes rounded
-    down, as torchvision does) makes an image thinner than 1 : max_size zero pixels high or
-    wide; torchvision 0.29 fails on those in F.interpolate too.
-    """
-    from ..modeling.transform import resized_size
-
-    t = getattr(getattr(predictor, "model", None), "transform", None)
-    if t is None:  # a backend without our transform: let it try, predict_isolated reports failures
-        return None
-    height, width = int(image.shape[-2]), int(image.shape[-1])
-    new_h, new_w = resized_size(height, width, t.min_size[-1], t.max_size)
-    if new_h >= 1 and new_w >= 1:
-        return None
-    ratio = max(height, width) / min(height, width)
-    return (f"the model cannot process a {height}x{width} (HxW) image: its resize (short side "
-            f"to {t.min_size[-1]}, long side at most {t.max_size}) would make it {new_h}x{new_w} "
-            f"pixels, since its aspect ratio {ratio:.0f}:1 is beyond {t.max_size}:1; pad or "
-            "tile it to a less elongated shape")
 
 
 def predict_isolated(predictor, images: dict[int, torch.Tensor], sources: list[str],
