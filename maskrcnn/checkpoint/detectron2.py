@@ -27,7 +27,7 @@ from ..modeling.build import DETECTRON2_OPTIONS, ModelConfig, build_model
 from ..modeling.mask_rcnn import MaskRCNN
 from .native import load_checked
 
-__all__ = ["convert_detectron2_state_dict", "from_detectron2", "infer_detectron2_config",
+__all__ = ["convert_detectron2_state_dict", "detectron2_key_to_ours", "from_detectron2", "infer_detectron2_config",
            "is_detectron2_state_dict", "read_detectron2_pickle", "UnsafePickleError"]
 
 # (pattern, replacement) applied in order; the first that matches wins.
@@ -57,7 +57,7 @@ _IGNORED = re.compile(r"^(pixel_mean|pixel_std|proposal_generator\.anchor_genera
 _NORM_PREFIX = re.compile(r"^(backbone\.bottom_up\..*\.norm\.)weight$")
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """A .pkl names a global that a Detectron2 weights file never holds."""
 
 
@@ -144,15 +144,16 @@ def convert_detectron2_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Te
             n = state[key].shape[0]
             state.setdefault(m.group(1) + "running_mean", torch.zeros(n))
             state.setdefault(m.group(1) + "running_var", torch.ones(n))
-    converted = {}
-    for key, value in state.items():
-        for pattern, replacement in _RULES:
-            new_key, n = re.subn(pattern, replacement, key)
-            if n:
-                key = new_key
-                break
-        converted[key] = value
-    return converted
+    return {detectron2_key_to_ours(key): value for key, value in state.items()}
+
+
+def detectron2_key_to_ours(key: str) -> str:
+    """One Detectron2 state-dict name -> ours (unknown names are returned as they are)."""
+    for pattern, replacement in _RULES:
+        new_key, n = re.subn(pattern, replacement, key)
+        if n:
+            return new_key
+    return key
 
 
 def infer_detectron2_config(state_dict: dict[str, Tensor]) -> dict:
