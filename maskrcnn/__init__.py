@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Detections", "ImageList", "MaskRCNN", "MaskRCNNOutput", "ModelConfig",
-    "build_model", "build_preset", "from_detectron2", "from_torchvision", "load_model",
+    "build_model", "build_preset", "export_onnx", "from_detectron2", "from_torchvision", "load_model",
 ]
 
 
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from .inference.api import load_model
 
         return load_model
+    if name == "export_onnx":
+        from .export.onnx import export_onnx
+
+        return export_onnx
     raise AttributeError(f"module 'maskrcnn' has no attribute {name!r}")

@@ -10,6 +10,7 @@ COMMANDS = {
     "train": ("maskrcnn.engine.train", "main", "train from a YAML config (torchrun for several processes)"),
     "eval": ("maskrcnn.evaluation.evaluate", "main", "COCO bbox and segm AP of a model on a dataset"),
     "predict": ("maskrcnn.inference.predict", "main", "run a model on images; write JSON, overlays, masks"),
+    "export": ("maskrcnn.export.cli", "main", "write a model as one ONNX graph (ONNX Runtime runs it)"),
     "inspect": ("maskrcnn.inference.inspect", "main", "draw anchors, proposals, sampled RoIs and mask targets"),
     "convert": ("maskrcnn.data.convert", "convert_main", "convert LabelMe / mask PNGs / RLE CSV to COCO JSON"),
 }

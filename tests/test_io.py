@@ -368,3 +368,95 @@ def test_kaggle_rle_round_trip():
 def test_kaggle_rle_malformed(bad, shape):
     with pytest.raises(DataError):  # a ValueError too, which the CSV reader catches
         decode_kaggle_rle(bad, shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Write checks and errors in words, text of any encoding, paths kept inside their folder
+
+
+def test_check_writable_creates_and_probes_without_leaving_anything(tmp_path):
+    from maskrcnn.io import check_writable
+
+    assert check_writable(tmp_path / "a" / "b", folder=True).is_dir()
+    check_writable(tmp_path / "c" / "out.csv")
+    assert (tmp_path / "c").is_dir() and not list((tmp_path / "c").iterdir())
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("file_as_folder", "x.csv: cannot write: {tmp}/blocker is a file, not a folder"),
+    ("folder_as_file", "blocker_dir: cannot write: is a folder, not a file"),
+    ("out_is_a_file", "blocker: cannot write: is a file, not a folder"),
+])
+def test_check_writable_says_what_is_in_the_way(tmp_path, case, message):
+    from maskrcnn.io import check_writable
+
+    (tmp_path / "blocker").write_text("keep")
+    (tmp_path / "blocker_dir").mkdir()
+    target = {"file_as_folder": (tmp_path / "blocker" / "x.csv", False),
+              "folder_as_file": (tmp_path / "blocker_dir", False),
+              "out_is_a_file": (tmp_path / "blocker", True)}[case]
+    with pytest.raises(OSError) as info:
+        check_writable(target[0], folder=target[1])
+    assert message.format(tmp=tmp_path) in str(info.value)
+    assert (tmp_path / "blocker").read_text() == "keep"
+
+
+def test_a_full_disk_inside_a_writer_becomes_an_oserror_naming_the_file(tmp_path):
+    import errno
+
+    (tmp_path / "out.bin").write_bytes(b"previous")
+
+    def writer(tmp):
+        tmp.write_bytes(b"part")
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(OSError) as info:
+        atomic_write(tmp_path / "out.bin", writer)
+    assert info.value.errno == errno.ENOSPC
+    assert str(info.value).endswith(f"{tmp_path / 'out.bin'}: cannot write: disk full (no space left on the device)")
+    assert (tmp_path / "out.bin").read_bytes() == b"previous"  # nothing written before is lost
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_other_writer_errors_pass_through_unchanged(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        atomic_write(tmp_path / "x", lambda tmp: 1 / 0)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32"])
+def test_read_text_reads_unicode_files(tmp_path, encoding):
+    from maskrcnn.io import read_text
+
+    (tmp_path / "t.txt").write_bytes("ImageId,näme\n".encode(encoding))
+    assert read_text(tmp_path / "t.txt") == "ImageId,näme\n"
+
+
+def test_read_text_refuses_other_encodings_in_words(tmp_path):
+    from maskrcnn.io import read_text
+
+    (tmp_path / "t.txt").write_bytes("abc é".encode("cp1252"))
+    with pytest.raises(DataError, match=r"t\.txt: notes file is not valid utf-8 text \(byte 0xe9 at offset 4\)"):
+        read_text(tmp_path / "t.txt", what="notes file")
+    assert read_text(tmp_path / "t.txt", encoding="cp1252") == "abc é"
+    with pytest.raises(DataError, match=r"missing\.txt: text file not found"):
+        read_text(tmp_path / "missing.txt")
+    with pytest.raises(DataError, match=r"cannot read text file"):
+        read_text(tmp_path)  # a folder
+
+
+@pytest.mark.parametrize("name, inside", [
+    ("a.png", True), ("sub/a.png", True), ("sub/../a.png", True), ("./a.png", True),
+    ("../a.png", False), ("sub/../../a.png", False), ("/etc/passwd", False), ("..\\a.png", False),
+    ("C:/data/a.png", False),
+])
+def test_inside_folder(tmp_path, name, inside):
+    from maskrcnn.io import inside_folder
+
+    if inside:
+        path = inside_folder(name, tmp_path)
+        assert os.path.commonpath([path, tmp_path]) == str(tmp_path)
+    else:
+        with pytest.raises(DataError, match=r"absolute path|points outside"):
+            inside_folder(name, tmp_path)
+        assert inside_folder(name, tmp_path, allow_outside=True)  # the explicit option

@@ -14,9 +14,15 @@ are deleted only after the pointer has moved, keeping the last K.
 
 The state file holds only tensors, numbers, strings, lists and dicts, so it is read with
 `torch.load(..., weights_only=True)` and cannot run code.
+
+A write that fails (disk full, permission denied, read-only file system) raises
+`CheckpointWriteError` naming the file and the cause, and leaves the previous checkpoint and the
+pointer as they were; the temporaries of a run killed mid-write (`.NAME.XXXX.tmp.pt`,
+`.tmp.safetensors`, `.tmp.json`) are removed by `remove_temporaries` at the next start.
 """
 from __future__ import annotations
 
+import errno
 import json
 import random
 import re
@@ -28,13 +34,33 @@ import torch
 from safetensors.torch import load_file
 
 from ..checkpoint.native import load_checked, save_model
-from ..io import atomic_write, write_json_atomic
+from ..io import atomic_write, describe_os_error, os_error_errno, write_json_atomic
 from ..checkpoint.detectron2 import convert_detectron2_state_dict, is_detectron2_state_dict
 from ..checkpoint.torchvision import convert_state_dict, read_state_dict
 from ..modeling.mask_rcnn import MaskRCNN
 
 POINTER = "last_checkpoint.json"
 _NAME = re.compile(r"^model_(\d{7,})\.safetensors$")
+# maskrcnn.io's temporaries: ".<final name>.<random>.tmp" plus the final suffix (".tmp.pt",
+# ".tmp.safetensors", ".tmp.json"), so that writers that pick the format by suffix still work
+_TEMPORARY = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+class CheckpointWriteError(OSError, RuntimeError):
+    """A checkpoint file could not be written (disk full, permission denied...). `errno` is
+    the cause's; the message names the file, says what went wrong and that the previous
+    checkpoint is intact. Also a RuntimeError, like every other checkpoint problem here, so
+    `maskrcnn train` reports it in one line."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    # Through a Python file object: torch.save(obj, path) turns a full disk into
+    # "[enforce fail at inline_container.cc:672] unexpected pos", losing the errno.
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 # ------------------------------------------------------------------------------ RNG states
@@ -84,14 +110,54 @@ class Checkpointer:
         return f"model_{iteration:07d}.safetensors", f"state_{iteration:07d}.pt"
 
     def save(self, iteration: int, model: MaskRCNN, state: dict[str, Any]) -> Path:
-        """Write weights, then state, then move the pointer, then prune. Rank 0 only."""
+        """Write weights, then state, then move the pointer, then prune. Rank 0 only.
+
+        Raises CheckpointWriteError when a file cannot be written; the pointer then still
+        names the previous checkpoint, whose files are untouched."""
         model_name, state_name = self.names(iteration)
-        save_model(model, self.directory / model_name, extra={**self.metadata, "iteration": iteration})
-        atomic_write(self.directory / state_name, lambda tmp: torch.save({"iteration": iteration, **state}, tmp))
-        pointer = {"iteration": iteration, "model": model_name, "state": state_name}
-        write_json_atomic(pointer, self.directory / POINTER, indent=1)
+        target = self.directory / model_name
+        try:
+            save_model(model, target, extra={**self.metadata, "iteration": iteration})
+            target = self.directory / state_name
+            atomic_write(target, lambda tmp: _torch_save({"iteration": iteration, **state}, tmp))
+            target = self.directory / POINTER
+            pointer = {"iteration": iteration, "model": model_name, "state": state_name}
+            write_json_atomic(pointer, target, indent=1)
+        except Exception as e:
+            number = os_error_errno(e)
+            if number is None:
+                raise  # not an I/O failure: a bug, shown as it is
+            self._remove_incomplete(iteration)  # frees the space a full disk needs back
+            raise self._write_error(e, number, target, iteration) from e
         self._prune(keep_name=model_name)
         return self.directory / model_name
+
+    def _remove_incomplete(self, iteration: int) -> None:
+        """Delete the files of a checkpoint whose save failed, unless the pointer names it."""
+        try:
+            if json.loads((self.directory / POINTER).read_text()).get("iteration") == iteration:
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
+        model_name, state_name = self.names(iteration)
+        for name in (model_name, Path(model_name).with_suffix(".json").name, state_name):
+            try:
+                (self.directory / name).unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def _write_error(self, error: Exception, number: int, target: Path, iteration: int) -> CheckpointWriteError:
+        what = describe_os_error(error, target)
+        try:
+            previous = self.latest()
+        except RuntimeError:
+            previous = None
+        kept = (f"the previous checkpoint {previous['model'].name} (iteration {previous['iteration']}) "
+                "is intact" if previous else "no earlier checkpoint exists")
+        hint = ""  # the files of the failed checkpoint have been removed by now
+        if number in (errno.ENOSPC, errno.EDQUOT):
+            hint = "; free disk space (or lower train.keep_checkpoints) and continue with --resume"
+        return CheckpointWriteError(number, f"cannot save the checkpoint of iteration {iteration}: {what}; {kept}{hint}")
 
     def _prune(self, keep_name: str) -> None:
         found = sorted((int(m.group(1)), p.name) for p in self.directory.iterdir() if (m := _NAME.match(p.name)))
@@ -103,11 +169,12 @@ class Checkpointer:
                 (self.directory / stale).unlink(missing_ok=True)
 
     def remove_temporaries(self) -> list[str]:
-        """Delete half-written files a killed run left behind (`.name.XXXX.tmp`); rank 0 only,
-        before training starts."""
+        """Delete half-written files a killed run left behind (`.NAME.XXXX.tmp.pt`,
+        `.tmp.safetensors`, `.tmp.json`, or a bare `.tmp`); rank 0 only, before training
+        starts. Returns the names removed."""
         if not self.directory.is_dir():
             return []
-        stale = [p for p in self.directory.glob(".*.tmp") if p.is_file()]
+        stale = sorted(p for p in self.directory.iterdir() if _TEMPORARY.match(p.name) and p.is_file())
         for p in stale:
             p.unlink(missing_ok=True)
         return [p.name for p in stale]
@@ -131,7 +198,11 @@ class Checkpointer:
 
     def load(self, record: dict[str, Any], model: MaskRCNN, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """Load weights into `model`; return the training state (optimizer, scheduler, ...)."""
-        load_checked(model, load_file(str(record["model"])), str(record["model"]))
+        try:
+            weights = load_file(str(record["model"]))
+        except Exception as e:  # SafetensorError on a truncated or corrupt file
+            raise RuntimeError(f"cannot read checkpoint weights {record['model']}: {e}") from e
+        load_checked(model, weights, str(record["model"]))
         try:
             state = torch.load(record["state"], map_location=map_location, weights_only=True)
         except Exception as e:
@@ -155,7 +226,13 @@ def load_initial_weights(model: MaskRCNN, path: str | Path) -> str:
     predictor layers when the class count differs) keep their fresh initialization. Returns a
     one-line report; raises if nothing matched, which means the file is for another model.
     """
-    state = read_state_dict(path)
+    try:
+        state = read_state_dict(path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # a corrupt file: SafetensorError (a bare traceback before), pickle or zip errors
+        detail = str(e) if str(path) in str(e) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"cannot read initial weights {path} ({detail})") from e
     detectron2 = is_detectron2_state_dict(state)
     torchvision = any(k.startswith(("backbone.fpn.inner_blocks.", "layer1.0.conv1.")) for k in state)
     msra = bool(getattr(getattr(model, "config", None), "stride_in_1x1", False))

@@ -15,7 +15,9 @@ Checkpoints `load_model` reads:
     the cache (see `hub.py`);
   - a Detectron2 Mask R-CNN FPN checkpoint: a model zoo .pkl (read by a restricted unpickler,
     never `pickle.load`) or a Detectron2 .pth; labels are Detectron2's class index 0..79,
-    written to COCO results as COCO category ids.
+    written to COCO results as COCO category ids;
+  - a graph written by `maskrcnn export` (`model.onnx`), run with ONNX Runtime (the optional
+    extra: pip install -e ".[onnx]"); class names and category ids come from its metadata.
 """
 from __future__ import annotations
 
@@ -38,7 +40,6 @@ from ..checkpoint.detectron2 import from_detectron2, is_detectron2_state_dict
 from ..checkpoint.torchvision import from_torchvision, read_state_dict
 from ..io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..modeling.mask_rcnn import MaskRCNN
-from ..modeling.transform import resized_size
 from . import hub
 from .draw import draw_instances
 from .outputs import label_map as combine_masks
@@ -145,7 +146,9 @@ class Result:
 
 class Predictor:
     """A model in eval mode on a device, with its class names; `predict` turns images into
-    `Result`s. Build it with `load_model`, or wrap a model: `Predictor(build_preset(...))`."""
+    `Result`s. Build it with `load_model`, or wrap a model: `Predictor(build_preset(...))`.
+    The model is a `MaskRCNN` or an exported graph in ONNX Runtime (`maskrcnn.export.OnnxModel`),
+    which has the same call and attributes."""
 
     def __init__(
         self,
@@ -320,6 +323,12 @@ def load_model(
     """
     if isinstance(source, MaskRCNN):
         model = source
+    elif Path(source).suffix.lower() == ".onnx":
+        model = _load_onnx(Path(source), variant, options)
+        class_names = class_names if class_names is not None else model.class_names
+        category_ids = category_ids if category_ids is not None else model.category_ids
+        if class_names is None and model.num_classes == len(hub.COCO_CATEGORY_NAMES):
+            class_names = hub.COCO_CATEGORY_NAMES[1:]
     elif isinstance(source, str) and source.startswith("torchvision:"):
         entry = hub.NAMED_WEIGHTS.get(source)
         if entry is None:
@@ -353,6 +362,28 @@ def _load_detectron2(path: Path, state: dict, options: dict) -> tuple[MaskRCNN, 
         model.class_names = [name for _, name in coco]
         meta["category_ids"] = {label: cid for label, (cid, _) in enumerate(coco, start=model.first_label)}
     return model, meta
+
+
+def _load_onnx(path: Path, variant: str | None, options: dict):
+    """An exported graph in ONNX Runtime. Its architecture and resize are fixed at export; of
+    the options only box_score_thresh (the default score threshold) and num_classes (a check)
+    apply."""
+    from ..export.runtime import OnnxModel
+
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model {path} does not exist")
+    model = OnnxModel(path)
+    if variant not in (None, model.config.variant):
+        raise ValueError(f"{path} is a {model.config.variant} model, not {variant}")
+    options = dict(options)
+    if "num_classes" in options and options.pop("num_classes") != model.num_classes:
+        raise ValueError(f"{path} has {model.num_classes} classes (with background), not the num_classes asked for")
+    if "box_score_thresh" in options:
+        model.score_thresh = float(options.pop("box_score_thresh"))
+    if options:
+        raise ValueError(f"{path}: {', '.join(sorted(options))} cannot change in an exported graph "
+                         "(export again from the weights with the options you want)")
+    return model
 
 
 def _int_keys(mapping: Any) -> Any:

@@ -288,6 +288,7 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
         with signals.deferred():
             log.append({"path": _key(paths[i]), "file": str(paths[i]), "error": problem})
 
+    sources = [str(p) for p in paths]
     with _Signals() as signals:
         try:
             for first in range(0, len(todo), args.batch_size):
@@ -299,12 +300,15 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
                     except ImageLoadError as e:
                         fail(i, e.problem)
                         continue
+                    except Exception as e:  # e.g. MemoryError decoding a huge file: this image only
+                        fail(i, f"cannot read image ({type(e).__name__}: {e})")
+                        continue
                     problem = unprocessable(predictor, image)
                     if problem:
                         fail(i, problem)
                     else:
                         loaded[i] = image
-                outcomes = predict_isolated(predictor, loaded, [str(p) for p in paths], args)
+                outcomes = predict_isolated(predictor, loaded, sources, args)
                 for i, result in outcomes.items():
                     if isinstance(result, str):
                         fail(i, result)
@@ -338,8 +342,8 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
     try:
         done, total_detections = assemble(log, paths, names, image_ids, out, args.csv)
     except OSError as e:
-        say(f"maskrcnn predict: {describe_os_error(e, getattr(e, 'filename', None) or out)}; "
-            f"every finished image is kept in {log.path} (--resume assembles it)")
+        say(f"maskrcnn predict: {e.strerror or e}; every finished image is kept in {log.path} "
+            "(--resume assembles it)")
         return 2
     seconds = time.perf_counter() - start
     say(f"{done} image(s), {total_detections} detection(s) in {seconds:.1f} s -> {out}"
@@ -393,9 +397,9 @@ def unprocessable(predictor, image: torch.Tensor) -> str | None:
     down, as torchvision does) makes an image thinner than 1 : max_size zero pixels high or
     wide; torchvision 0.29 fails on those in F.interpolate too.
     """
-    from ..modeling.transform import resized_size
-
-    t = predictor.model.transform
+    t = getattr(getattr(predictor, "model", None), "transform", None)
+    if t is None:  # a backend without our transform: let it try, predict_isolated reports failures
+        return None
     height, width = int(image.shape[-2]), int(image.shape[-1])
     new_h, new_w = t.output_size(height, width)
     if new_h >= 1 and new_w >= 1:
@@ -557,7 +561,26 @@ def assemble(log: ProgressLog, paths: list[Path], names: list[str], image_ids: l
     keys = [_key(p) for p in paths]
     images: list[dict[str, Any]] = []
     count = 0
-    with atomic_open(out / "results.json", "w", encoding="utf-8") as f:
+    target = out / "results.json"
+    try:
+        count = _write_results(log, keys, paths, image_ids, target, images)
+        target = out / "images.json"
+        write_json_atomic(images, target, indent=0)
+        if csv_path is not None:
+            target = csv_path
+            rows = ((names[i], record.get("csv", []))
+                    for i, record in enumerate(log.records(keys)) if record is not None)
+            write_rle_csv(csv_path, _csv_masks(rows))
+    except OSError as e:
+        raise OSError(e.errno, describe_os_error(e, target)) from e
+    return len(images), count
+
+
+def _write_results(log: ProgressLog, keys: list[str], paths: list[Path], image_ids: list[Any],
+                   target: Path, images: list[dict[str, Any]]) -> int:
+    """Stream the COCO results of every finished image into `target`; fill `images`."""
+    count = 0
+    with atomic_open(target, "w", encoding="utf-8") as f:
         f.write("[")
         for i, record in enumerate(log.records(keys)):
             if record is None:
@@ -569,12 +592,7 @@ def assemble(log: ProgressLog, paths: list[Path], names: list[str], image_ids: l
                 f.write(("," if count else "") + json.dumps(entry, separators=(",", ":")))
                 count += 1
         f.write("]")
-    write_json_atomic(images, out / "images.json", indent=0)
-    if csv_path is not None:
-        rows = ((names[i], record.get("csv", []))
-                for i, record in enumerate(log.records(keys)) if record is not None)
-        write_rle_csv(csv_path, _csv_masks(rows))
-    return len(images), count
+    return count
 
 
 class _Stop(BaseException):

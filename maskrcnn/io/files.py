@@ -111,16 +111,25 @@ def _commit(tmp: Path, path: Path) -> None:
 @contextlib.contextmanager
 def _replacing(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; move it onto `path` when the block ends normally,
-    delete it when the block raises (an existing file at `path` is then left untouched)."""
+    delete it when the block raises (an existing file at `path` is then left untouched).
+
+    A full disk, a missing permission or a read-only file system, whether it surfaces as an
+    OSError or inside a library's own error (safetensors' SafetensorError), is raised as an
+    OSError of that errno whose message names `path` ("PATH: cannot write: disk full (...)")."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_path(path)
         yield tmp
         _commit(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        number = os_error_errno(e) if isinstance(e, Exception) else None
+        if number in _ERRNO_WORDS:
+            raise OSError(number, describe_os_error(e, path)) from e
         raise
 
 

@@ -394,3 +394,18 @@ def test_chunking_gives_the_same_result(monkeypatch):
     torch.testing.assert_close(roi_align(features, rois, (3, 4), 0.5, 0, False), align, rtol=0, atol=0)
     torch.testing.assert_close(roi_pool(features, rois, (3, 4), 0.5), pool, rtol=0, atol=0)
     torch.testing.assert_close(align, ref_roi_align(features, rois, (3, 4), 0.5, 0, False), **_tol(torch.float64))
+
+
+def test_roi_pool_gradient_goes_to_the_first_maximum_of_a_bin():
+    # Tied maxima: the whole gradient goes to the first tied cell in row-major order, as
+    # torchvision's argmax does (an even split among ties would also pass gradcheck's sum).
+    features = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    features[0, 0, 1, 2] = features[0, 0, 2, 1] = features[0, 0, 3, 3] = 5.0
+    features.requires_grad_()
+    rois = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]], dtype=torch.float64)
+    out = roi_pool(features, rois, 1, 1.0)
+    assert out.item() == 5.0
+    (grad,) = torch.autograd.grad(out.sum(), features)
+    expected = torch.zeros_like(grad)
+    expected[0, 0, 1, 2] = 1.0  # row 1 comes before rows 2 and 3
+    assert torch.equal(grad, expected)
