@@ -82,3 +82,14 @@ def test_training_starts_from_it_with_a_detectron2_preset_only(zoo_pkl):
     tv = build_model(ModelConfig.from_dict({**SMALL_DETECTRON2, "num_classes": 81}))
     with pytest.raises(ValueError, match="model.preset=detectron2_mask_rcnn_R_50_FPN"):
         load_initial_weights(tv, zoo_pkl)
+
+
+def test_onnx_export_refuses_detectron2_arithmetic():
+    """The exported graph implements torchvision's resize, anchors and paste only: exporting a
+    Detectron2 model is refused by option name rather than computing something else."""
+    from maskrcnn.export.onnx import _refuse_detectron2_options
+
+    model = build_model(ModelConfig.from_dict({**DETECTRON2_OPTIONS, **SMALL_DETECTRON2}))
+    with pytest.raises(NotImplementedError, match="resize='detectron2'.*mask_paste='detectron2'"):
+        _refuse_detectron2_options(model)
+    _refuse_detectron2_options(build_model(ModelConfig.from_dict(SMALL_DETECTRON2)))  # torchvision's: fine
