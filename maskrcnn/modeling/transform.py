@@ -37,7 +37,9 @@ def resized_size(height: int, width: int, min_size: float, max_size: float) -> t
     Double-precision arithmetic, as torchvision's eager path and F.interpolate(scale_factor=...,
     recompute_scale_factor=True) do it; an exported graph must use the same (see export)."""
     scale = min(float(min_size) / min(height, width), float(max_size) / max(height, width))
-    return math.floor(height * scale), math.floor(width * scale)
+    # At least one pixel: a 2 x 5000 strip would otherwise resize to 0 rows and fail inside
+    # F.interpolate (torchvision fails there too); every size that works is unchanged.
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
 
 
 def detectron2_resized_size(height: int, width: int, min_size: float, max_size: float) -> tuple[int, int]:

@@ -258,3 +258,13 @@ def test_operators_are_swappable_module_attributes():
     assert calls["rpn"] == 2 and calls["box"] == 2  # once per image
     assert calls["align"] == 2 * 4  # box and mask pooler, four levels each
     _assert_same(expected, got)
+
+
+def test_thin_strips_and_single_pixels_predict():
+    # 2 x 5000 resizes to 1 row (not 0); 1 x 1 to the full short side
+    model = small_model(box_score_thresh=0.0).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 2, 5000), torch.rand(3, 1, 1), torch.rand(3, 3000, 3)]).detections
+    assert [d.masks.shape[-2:] for d in out] == [(2, 5000), (1, 1), (3000, 3)]
+    for d in out:
+        assert torch.isfinite(d.boxes).all() and (d.boxes[:, 2:] <= torch.tensor([5000.0, 3000.0])).all()

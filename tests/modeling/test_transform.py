@@ -34,3 +34,10 @@ def test_transform_resizes_image_and_targets_to_the_same_size():
     # boxes scale by the float32 ratio of the integer sizes, as torchvision's resize_boxes
     expected = torch.tensor([[0.0, 0.0, 500 * (torch.tensor(1066.0) / 500).item(), 800.0]])
     torch.testing.assert_close(resized["boxes"], expected, rtol=0, atol=1e-4)
+
+
+def test_a_thin_strip_resizes_to_at_least_one_pixel_and_runs():
+    assert resized_size(2, 5000, 800, 1333) == (1, 1333)
+    transform = ImageTransform(min_size=800, max_size=1333).eval()
+    batch, _ = transform([torch.rand(3, 2, 5000)])
+    assert batch.image_sizes == [(1, 1333)] and batch.tensor.shape[-2:] == (32, 1344)
