@@ -52,7 +52,8 @@ def detectron2_resized_size(height: int, width: int, min_size: float, max_size: 
     if max(new_h, new_w) > max_size:
         scale = float(max_size) / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    # at least one pixel, as `resized_size` (Detectron2 fails on a 1 x 5000 strip's 0 rows)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 # Pillow's fixed-point resampling (libImaging/Resample.c): weights carry 22 fractional bits.

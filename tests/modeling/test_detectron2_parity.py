@@ -148,6 +148,7 @@ def test_resize_is_detectron2s_to_the_byte():
     assert detectron2_resized_size(400, 600, 800, 1333) == (800, 1200)
     assert detectron2_resized_size(300, 451, 800, 1333) == (800, 1203)  # torchvision: 1202
     assert detectron2_resized_size(100, 1000, 800, 1333) == (133, 1333)
+    assert detectron2_resized_size(1, 5000, 800, 1333) == (1, 1333)  # 0.27 rows: at least one
     rgb = np.array(Image.open(D2 / "coffee.png").convert("RGB"))
     bgr = torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1])).permute(2, 0, 1)
     resized = pillow_bilinear_resize(bgr, (800, 1200)).permute(1, 2, 0).contiguous().numpy()
