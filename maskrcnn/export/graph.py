@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modeling.layers import ConvNormAct, FrozenBatchNorm2d
 from ..modeling.mask_rcnn import MaskRCNN
 from ..modeling.roi_heads.roi_heads import RoIHeads
-from ..modeling.rpn import RPN, flatten_head_outputs
+from ..modeling.rpn import RPN
 from ..ops import MultiScaleRoIAlign, assign_fpn_levels
 from ..ops.masks import _resize_weights
 from . import ops
@@ -39,6 +40,48 @@ from . import ops
 # outputs are >= 0), with the NMS score threshold between the two.
 _EXCLUDED = -1.0
 _NMS_SCORE_THRESHOLD = -0.5
+
+
+def _norm_as_affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """(scale, shift) of a frozen or eval-mode batch norm: y = x * scale + shift per channel."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return norm.scale_and_shift()  # what `conv_norm` folds, so the folded weights are the same
+    if isinstance(norm, nn.BatchNorm2d) and not norm.training:
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        return scale, norm.bias - norm.running_mean * scale
+    return None
+
+
+@torch.no_grad()
+def _fold_norms(model: nn.Module) -> None:
+    """Fold every norm that follows a convolution into the convolution's weight and bias, and
+    replace it by an identity. For the frozen norms this is the very arithmetic `conv_norm` does
+    on each call (same float32 weights), done once; eval-mode BatchNorm2d (v2's heads) becomes
+    one convolution instead of a convolution and a normalization, which also traces on a
+    data-dependent batch (batch_norm checks for an empty one). The traced graph is some
+    seven nodes per convolution shorter, which is much of the export time."""
+    for module in model.modules():
+        pairs = []
+        if isinstance(module, ConvNormAct) and module.norm is not None:
+            pairs.append(("conv", "norm"))
+        for name, _ in module.named_children():
+            if name.startswith("bn") and isinstance(getattr(module, "conv" + name[2:], None), nn.Conv2d):
+                pairs.append(("conv" + name[2:], name))
+        if isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[0], nn.Conv2d):
+            pairs.append(("0", "1"))
+        for conv_name, norm_name in pairs:
+            conv, norm = getattr(module, conv_name), getattr(module, norm_name)
+            affine = _norm_as_affine(norm)
+            if affine is None:
+                continue
+            scale, shift = affine
+            weight = conv.weight * scale.view(-1, 1, 1, 1)
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            conv.weight, conv.bias = nn.Parameter(weight), nn.Parameter(bias)
+            setattr(module, norm_name, nn.Identity())
+    left = [n for n, m in model.named_modules() if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d))]
+    if left:
+        raise ValueError(f"cannot fold these norms into a convolution for the export: {left}")
 
 
 def _clip(boxes: Tensor, heights: Tensor, widths: Tensor) -> Tensor:
@@ -97,9 +140,10 @@ class InferenceGraph(nn.Module):
         super().__init__()
         if not model.roi_heads.has_mask:
             raise ValueError("the export needs a model with a mask branch")
-        # A contiguous copy: channels-last strides mean nothing to ONNX, and symbolic strides
-        # made tracing several times slower. Same weights, same arithmetic.
+        # A copy, contiguous (channels-last strides mean nothing to ONNX and slow the tracing)
+        # and with the norms folded into the convolutions.
         model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+        _fold_norms(model)
         self.backbone = model.backbone
         self.rpn: RPN = model.rpn
         self.roi_heads: RoIHeads = model.roi_heads
@@ -125,32 +169,43 @@ class InferenceGraph(nn.Module):
         symbolic arithmetic on the image size (which made the export several times slower)."""
         rpn = self.rpn
         objectness_maps, delta_maps = rpn.head(features)
-        anchors_per_level = rpn.anchor_generator(tuple(batch.shape[-2:]), [tuple(f.shape[-2:]) for f in features])
         num_images = batch.shape[0]
         pre_nms_topk, post_nms_topk = rpn.pre_nms_topk[False], rpn.post_nms_topk[False]
         image = torch.arange(num_images, device=batch.device)[:, None]
-        scores, boxes, real, levels = [], [], [], []
-        for level, (obj, dlt, anchors) in enumerate(zip(objectness_maps, delta_maps, anchors_per_level)):
-            obj, dlt = flatten_head_outputs([obj], [dlt])  # (N, S_l), (N, S_l, 4)
+        logits, deltas, anchors, real, levels = [], [], [], [], []
+        for level, (obj_map, delta_map) in enumerate(zip(objectness_maps, delta_maps)):
+            _, num_anchors, height, width = obj_map.shape
+            obj = obj_map.permute(0, 2, 3, 1).reshape(num_images, -1)  # (N, H*W*A), anchor order (y, x, a)
             count = obj.shape[1]
             padded = torch.cat([obj, torch.full((num_images, pre_nms_topk), float("-inf"), dtype=obj.dtype,
                                                 device=obj.device)], dim=1)
             idx = padded.topk(pre_nms_topk, dim=1).indices  # (N, k)
             is_real = idx < count
             idx = torch.where(is_real, idx, torch.zeros_like(idx))
-            scores.append(torch.sigmoid(obj[image, idx]))
-            decoded = rpn.box_coder.decode(dlt[image, idx].reshape(-1, 4), anchors[idx].reshape(-1, 4))
-            boxes.append(decoded.view(num_images, pre_nms_topk, 4))
+            logits.append(obj.gather(1, idx))
+            # Only the k chosen anchors and their deltas, gathered from (y, x, a) of each index
+            # (the full anchor grid and flattened deltas of `RPN.forward` are never built).
+            a, cell = idx % num_anchors, idx // num_anchors
+            y = cell // width
+            x = cell - y * width  # (cell % width: remainder by a symbolic size does not export)
+            coord = torch.arange(4, device=idx.device)
+            # deltas (N, A*4, H, W): the value of coordinate j of anchor a at (y, x)
+            flat = (((a * 4)[..., None] + coord) * height + y[..., None]) * width + x[..., None]  # (N, k, 4)
+            deltas.append(delta_map.reshape(num_images, -1).gather(1, flat.reshape(num_images, -1)).view(num_images, -1, 4))
+            anchors.append(self._anchors(level, a, x, y, batch.shape[-2] // height, batch.shape[-1] // width))
             real.append(is_real)
             levels.append(torch.full((pre_nms_topk,), level, dtype=torch.int64, device=obj.device))
-        scores, boxes, real, levels = (torch.cat(scores, 1), torch.cat(boxes, 1), torch.cat(real, 1),
-                                       torch.cat(levels))  # (N, K), (N, K, 4), (N, K), (K,)
+        # (N, K) logits, (N, K, 4) deltas and anchors, (N, K) real, (K,) levels; K = L * k
+        logits, deltas, anchors, real = (torch.cat(t, dim=1) for t in (logits, deltas, anchors, real))
+        levels = torch.cat(levels)
+        scores = torch.sigmoid(logits)
+        boxes = rpn.box_coder.decode(deltas.reshape(-1, 4), anchors.reshape(-1, 4)).view(num_images, -1, 4)
         sizes = resized_sizes.to(boxes.dtype)
         boxes = _clip(boxes, sizes[:, 0, None], sizes[:, 1, None])
         valid = real & _not_small(boxes, rpn.min_size) & (scores >= rpn.score_thresh)
 
         # NMS within each level: the level is the NMS class, (N, L, K) scores.
-        in_level = levels[None, :] == torch.arange(len(anchors_per_level), device=levels.device)[:, None]
+        in_level = levels[None, :] == torch.arange(len(objectness_maps), device=levels.device)[:, None]
         level_scores = torch.where(valid[:, None, :] & in_level[None], scores[:, None, :],
                                    torch.full_like(scores[:, None, :], _EXCLUDED))
         selected = ops.nms(boxes, level_scores, rpn.nms_thresh, _NMS_SCORE_THRESHOLD)
@@ -161,6 +216,14 @@ class InferenceGraph(nn.Module):
         proposals = boxes.gather(1, order[..., None].expand(-1, -1, 4))
         proposals = torch.where(proposal_valid[..., None], proposals, torch.zeros_like(proposals))
         return proposals, proposal_valid
+
+    def _anchors(self, level: int, a: Tensor, x: Tensor, y: Tensor, stride_y, stride_x) -> Tensor:
+        """`AnchorGenerator` for chosen anchors only: cell anchor a shifted to grid cell (y, x)
+        with the level's grid step (padded size // feature size). Same float32 sums (of whole
+        numbers, so exact) as the full grid. (...) int64 -> (..., 4)."""
+        cell = getattr(self.rpn.anchor_generator, f"cell_{level}")  # (A, 4)
+        shift_x, shift_y = (x * stride_x).to(cell.dtype), (y * stride_y).to(cell.dtype)
+        return torch.stack((shift_x, shift_y, shift_x, shift_y), dim=-1) + cell[a]
 
     def detect(self, features: list[Tensor], proposals: Tensor, proposal_valid: Tensor, resized_sizes: Tensor,
                original_sizes: Tensor, score_threshold: Tensor, frame: Tensor | None):

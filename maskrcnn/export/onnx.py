@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -144,7 +145,10 @@ def export_onnx(
         dynamic_shapes.append({0: n, 2: Dim("height", min=1, max=1 << 16), 3: Dim("width", min=1, max=1 << 16)})
         names.append("frame")
     output_names = list(OUTPUTS) + (["masks"] if paste else [])
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's own deprecation noise, and a note that two inputs share the batch axis
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
         program = torch.onnx.export(
             graph, args, dynamo=True, dynamic_shapes=tuple(dynamic_shapes), opset_version=OPSET,
             input_names=names, output_names=output_names, custom_translation_table=onnx_translations(),

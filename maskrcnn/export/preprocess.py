@@ -8,7 +8,7 @@ would bake in one image size. The few nodes here are plain to read instead.
 
 The resized size is computed in float64, exactly as `maskrcnn.modeling.transform.resized_size`
 (Python floats, the arithmetic of torchvision's eager transform): scale = min(min_size / short,
-max_size / long), size = floor(side * scale). In float32 (what torchvision's own traced
+max_size / long), size = max(1, floor(side * scale)). In float32 (what torchvision's own traced
 transform uses) 375x500 would become 799x1066 instead of 800x1066.
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ def preprocess_nodes(transform: ImageTransform, *, images: str, image_sizes: str
     nodes = [
         _const("min_size", float(transform.min_size[-1]), np.float64),
         _const("max_size", float(transform.max_size), np.float64),
+        _const("one_f64", 1.0, np.float64),
         _const("axis0", [0], np.int64),
         _const("axis1", [1], np.int64),
         _const("axes12", [1, 2], np.int64),
@@ -60,7 +61,8 @@ def preprocess_nodes(transform: ImageTransform, *, images: str, image_sizes: str
         n("Unsqueeze", [p + "scale", p + "axis1"], [p + "scale_col"]),
         n("Mul", [p + "sizes_f64", p + "scale_col"], [p + "scaled"]),
         n("Floor", [p + "scaled"], [p + "floored"]),
-        n("Cast", [p + "floored"], [resized_sizes], to=TensorProto.INT64),
+        n("Max", [p + "floored", p + "one_f64"], [p + "at_least_1"]),  # never a 0-pixel side
+        n("Cast", [p + "at_least_1"], [resized_sizes], to=TensorProto.INT64),
         # padded size: the largest resized size, rounded up to a multiple of size_divisible
         n("ReduceMax", [resized_sizes, p + "axis0"], [p + "max_hw"], keepdims=0),
         n("Add", [p + "max_hw", p + "divisible_minus_1"], [p + "max_hw_up"]),
