@@ -1,5 +1,5 @@
 """maskrcnn: Mask R-CNN instance segmentation in pure PyTorch."""
-from .checkpoint import from_torchvision
+from .checkpoint import from_detectron2, from_torchvision
 from .modeling import MaskRCNN, ModelConfig, build_model, build_preset
 from .structures import Detections, ImageList, MaskRCNNOutput
 
@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Detections", "ImageList", "MaskRCNN", "MaskRCNNOutput", "ModelConfig",
-    "build_model", "build_preset", "export_onnx", "from_torchvision", "load_model",
+    "build_model", "build_preset", "export_onnx", "from_detectron2", "from_torchvision", "load_model",
 ]
 
 

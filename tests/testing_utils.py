@@ -27,3 +27,21 @@ def load_coffee() -> torch.Tensor:
 
 def parity_keys(variant: str) -> list:
     return json.loads((PARITY / f"{variant}_keys.json").read_text())
+
+
+# A narrow Detectron2 R-50-FPN Mask R-CNN (80 COCO classes), for fast end-to-end tests.
+SMALL_DETECTRON2 = dict(base_width=8, fpn_channels=16, representation_size=32, mask_head_channels=16)
+
+
+def small_detectron2_state_dict(num_classes: int = 81) -> dict:
+    """SMALL_DETECTRON2 weights in Detectron2's names (the parity fixture's key list, narrow
+    shapes), seeded by the fixture's recipe."""
+    from maskrcnn.checkpoint.detectron2 import detectron2_key_to_ours
+    from maskrcnn.checkpoint.seeded import DETECTRON2_RECIPE, seeded_state_dict
+    from maskrcnn.modeling.build import DETECTRON2_OPTIONS, ModelConfig, build_model
+
+    config = ModelConfig.from_dict({**DETECTRON2_OPTIONS, **SMALL_DETECTRON2, "num_classes": num_classes})
+    own = build_model(config).state_dict()
+    names = [k for k, _, _ in json.loads((FIXTURES / "detectron2_parity" / "keys.json").read_text())]
+    return seeded_state_dict([[k, list(own[detectron2_key_to_ours(k)].shape), "float32"] for k in names],
+                             DETECTRON2_RECIPE)

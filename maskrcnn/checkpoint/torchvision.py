@@ -55,14 +55,19 @@ def convert_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def read_state_dict(source: str | Path | dict) -> dict[str, Tensor]:
-    """A state dict from a dict, a .safetensors file, or a torch pickle (.pth/.pt), which is
-    read with weights_only=True so it cannot run code."""
+    """A state dict from a dict, a .safetensors file, a torch pickle (.pth/.pt), which is
+    read with weights_only=True so it cannot run code, or a Detectron2 model zoo .pkl (numpy
+    arrays, read by a restricted unpickler that cannot run code either)."""
     if isinstance(source, dict):
         state = source
     else:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
+        if path.suffix == ".pkl":
+            from .detectron2 import pickle_state_dict, read_detectron2_pickle
+
+            return pickle_state_dict(read_detectron2_pickle(path), str(path))
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 

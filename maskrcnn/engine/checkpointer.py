@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 
 from ..checkpoint.native import load_checked, save_model
 from ..io import atomic_write, describe_os_error, os_error_errno, write_json_atomic
+from ..checkpoint.detectron2 import convert_detectron2_state_dict, is_detectron2_state_dict
 from ..checkpoint.torchvision import convert_state_dict, read_state_dict
 from ..modeling.mask_rcnn import MaskRCNN
 
@@ -217,8 +218,9 @@ class Checkpointer:
 
 def load_initial_weights(model: MaskRCNN, path: str | Path) -> str:
     """Start training from other weights: our .safetensors, a torchvision Mask R-CNN checkpoint
-    (e.g. COCO weights to fine-tune on new classes) or an ImageNet classification ResNet
-    (torchvision's resnet50-*.pth, as the paper's backbone initialization).
+    (e.g. COCO weights to fine-tune on new classes), a Detectron2 one (.pkl / .pth, into a
+    detectron2_* preset) or an ImageNet classification ResNet (torchvision's resnet50-*.pth, as
+    the paper's backbone initialization).
 
     Tensors whose name and shape match are loaded; the rest (typically the class-specific
     predictor layers when the class count differs) keep their fresh initialization. Returns a
@@ -231,7 +233,20 @@ def load_initial_weights(model: MaskRCNN, path: str | Path) -> str:
     except Exception as e:  # a corrupt file: SafetensorError (a bare traceback before), pickle or zip errors
         detail = str(e) if str(path) in str(e) else f"{type(e).__name__}: {e}"
         raise ValueError(f"cannot read initial weights {path} ({detail})") from e
-    if "conv1.weight" in state and "layer1.0.conv1.weight" in state:  # an ImageNet ResNet
+    detectron2 = is_detectron2_state_dict(state)
+    torchvision = any(k.startswith(("backbone.fpn.inner_blocks.", "layer1.0.conv1.")) for k in state)
+    msra = bool(getattr(getattr(model, "config", None), "stride_in_1x1", False))
+    if (detectron2 and not msra) or (torchvision and msra):
+        # same shapes, different computation (where the stride sits): they would load and compute nonsense
+        raise ValueError(
+            f"{path} is a {'Detectron2' if detectron2 else 'torchvision'} checkpoint but the model has "
+            f"{'torchvision' if detectron2 else 'Detectron2'}'s ResNet (stride_in_1x1={msra}); "
+            + ("use model.preset=detectron2_mask_rcnn_R_50_FPN (or _R_101_FPN)" if detectron2 else
+               "use a torchvision preset such as maskrcnn_resnet50_fpn")
+        )
+    if detectron2:
+        state = convert_detectron2_state_dict(state)
+    elif "conv1.weight" in state and "layer1.0.conv1.weight" in state:  # an ImageNet ResNet
         state = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     state = convert_state_dict(state)
     own = model.state_dict()

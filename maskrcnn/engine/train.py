@@ -127,9 +127,14 @@ def build_datasets(cfg: Config) -> tuple[CocoDataset, CocoDataset | None]:
 
 
 def build_training_model(cfg: Config, train_set: CocoDataset) -> MaskRCNN:
-    """The preset plus config overrides; classes and their names from the training data."""
+    """The preset plus config overrides; classes, their names and their numbering (labels
+    1..K, as the dataset gives them, also for Detectron2 presets) from the training data."""
+    if cfg.model_overrides().get("first_label", 1) != 1:
+        raise ConfigError("model.first_label: training numbers the classes 1..K as the dataset does "
+                          "(first_label 0, Detectron2's class index, is for its released checkpoints)")
     options = {**PRESETS[cfg.preset], **cfg.model_overrides(),
-               "num_classes": train_set.num_classes + 1, "class_names": train_set.class_names}
+               "num_classes": train_set.num_classes + 1, "class_names": train_set.class_names,
+               "first_label": 1}
     return build_model(ModelConfig.from_dict(options))
 
 

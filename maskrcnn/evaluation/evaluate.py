@@ -57,8 +57,9 @@ def run_evaluation(
 
 
 def load_model_for_eval(path: str | Path, device: torch.device, **options) -> MaskRCNN:
-    """Our .safetensors + .json, or a torchvision Mask R-CNN checkpoint (v1 or v2)."""
-    from ..checkpoint import from_torchvision, load_native, read_state_dict
+    """Our .safetensors + .json, a torchvision Mask R-CNN checkpoint (v1 or v2), or a
+    Detectron2 one (.pkl / .pth)."""
+    from ..checkpoint import from_detectron2, from_torchvision, is_detectron2_state_dict, load_native, read_state_dict
     from ..checkpoint.native import config_path_for
 
     path = Path(path)
@@ -68,22 +69,27 @@ def load_model_for_eval(path: str | Path, device: torch.device, **options) -> Ma
         model = load_native(path, **options)
     else:
         state = read_state_dict(path)
-        variant = "v2" if any(k.startswith("roi_heads.box_head.0.") for k in state) else "v1"
-        model = from_torchvision(state, variant=variant, **options)
+        if is_detectron2_state_dict(state):
+            model = from_detectron2(state, **options)
+        else:
+            variant = "v2" if any(k.startswith("roi_heads.box_head.0.") for k in state) else "v1"
+            model = from_torchvision(state, variant=variant, **options)
     return model.to(device).eval()
 
 
 def label_mapping(model: MaskRCNN, dataset: CocoDataset) -> dict[int, int] | None:
     """Model label -> the dataset's COCO category id. A model trained on this dataset's
     categories uses the dataset's mapping; torchvision's 91-class COCO models use category ids
-    as labels (None: identity)."""
+    as labels (None: identity). A model whose labels start at 0 (Detectron2's class index) is
+    matched by position alike: its label i is the dataset's label i + 1."""
     model_classes = model.num_classes - 1
     if model_classes == dataset.num_classes:
         names = getattr(model, "class_names", None)
         if names and list(names) != dataset.class_names:
             print(f"warning: the model's class names {names} differ from the dataset's {dataset.class_names}; "
                   "matching them by position", file=sys.stderr)
-        return dataset.label_to_category_id
+        shift = 1 - getattr(model, "first_label", 1)
+        return {label - shift: cid for label, cid in dataset.label_to_category_id.items()}
     if model.num_classes == 91 and all(1 <= c <= 90 for c in dataset.category_ids):
         return None
     raise ValueError(f"the model predicts {model_classes} classes but {dataset.annotation_file} has "
@@ -101,7 +107,8 @@ def resolve_device(name: str) -> torch.device:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maskrcnn eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, help="model .safetensors (with its .json) or torchvision .pth")
+    parser.add_argument("--weights", required=True,
+                        help="model .safetensors (with its .json), torchvision .pth, or Detectron2 .pkl / .pth")
     parser.add_argument("--data", required=True, help="COCO instances JSON with the ground truth")
     parser.add_argument("--images", required=True, help="folder the JSON's file_names are relative to")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: auto)")

@@ -86,6 +86,26 @@ def _example_inputs(model: MaskRCNN) -> tuple[list[torch.Tensor], torch.Tensor]:
     return images, frame
 
 
+# ModelConfig options that the graph does not implement (Detectron2's arithmetic): an export
+# would silently compute torchvision's instead.
+_NOT_EXPORTED = ("input_format", "pixel_scale", "resize", "anchor_round", "anchor_offset", "rpn_min_size",
+                 "rpn_rank_by_logits", "roi_level_eps", "roi_level_eps_in_log", "box_min_size",
+                 "background_last", "first_label", "clip_output_boxes", "mask_paste")
+
+
+def _refuse_detectron2_options(model: MaskRCNN) -> None:
+    from ..modeling.build import ModelConfig
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    default = ModelConfig()
+    changed = [f"{k}={getattr(config, k)!r}" for k in _NOT_EXPORTED if getattr(config, k) != getattr(default, k)]
+    if changed:
+        raise NotImplementedError(f"ONNX export does not implement these options (Detectron2's arithmetic) yet: "
+                                  f"{', '.join(changed)}")
+
+
 def export_onnx(
     model: MaskRCNN,
     path: str | os.PathLike,
@@ -107,6 +127,7 @@ def export_onnx(
     from .graph import InferenceGraph
     from .ops import onnx_translations
 
+    _refuse_detectron2_options(model)
     # A CPU copy in eval mode: the caller's model keeps its device and mode.
     model = copy.deepcopy(model).cpu().eval()
     graph = InferenceGraph(model, paste=paste).eval()

@@ -13,6 +13,9 @@ Checkpoints `load_model` reads:
     or .safetensors), v1 or v2 layout (inferred, or `variant=`);
   - a named torchvision weight, "torchvision:maskrcnn_resnet50_fpn" or "..._v2", fetched into
     the cache (see `hub.py`);
+  - a Detectron2 Mask R-CNN FPN checkpoint: a model zoo .pkl (read by a restricted unpickler,
+    never `pickle.load`) or a Detectron2 .pth; labels are Detectron2's class index 0..79,
+    written to COCO results as COCO category ids;
   - a graph written by `maskrcnn export` (`model.onnx`), run with ONNX Runtime (the optional
     extra: pip install -e ".[onnx]"); class names and category ids come from its metadata.
 """
@@ -33,10 +36,10 @@ from PIL import Image
 from torch import Tensor
 
 from ..checkpoint.native import config_path_for, load_native
+from ..checkpoint.detectron2 import from_detectron2, is_detectron2_state_dict
 from ..checkpoint.torchvision import from_torchvision, read_state_dict
 from ..io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..modeling.mask_rcnn import MaskRCNN
-from ..modeling.transform import resized_size
 from . import hub
 from .draw import draw_instances
 from .outputs import label_map as combine_masks
@@ -170,8 +173,11 @@ class Predictor:
 
     @property
     def label_names(self) -> list[str] | None:
-        """Names indexed by label: ["__background__", class 1, ...]."""
-        return None if self.class_names is None else ["__background__", *self.class_names]
+        """Names indexed by label: ["__background__", class 1, ...], or [class 0, ...] for a
+        model whose labels start at 0 (Detectron2's class index)."""
+        if self.class_names is None:
+            return None
+        return ["__background__", *self.class_names] if getattr(self.model, "first_label", 1) == 1 else list(self.class_names)
 
     def __repr__(self) -> str:
         c = self.model.config
@@ -215,7 +221,7 @@ class Predictor:
     def batch_key(self, image: Tensor) -> tuple[int, int]:
         """The padded (H, W) the model's transform gives this image."""
         t = self.model.transform
-        h, w = resized_size(int(image.shape[-2]), int(image.shape[-1]), t.min_size[-1], t.max_size)
+        h, w = t.output_size(int(image.shape[-2]), int(image.shape[-1]))
         d = t.size_divisible
         return math.ceil(h / d) * d, math.ceil(w / d) * d
 
@@ -343,6 +349,21 @@ def load_model(
                      max_pixels=max_pixels)
 
 
+def _load_detectron2(path: Path, state: dict, options: dict) -> tuple[MaskRCNN, dict]:
+    """A Detectron2 checkpoint; 81 classes are taken to be COCO's 80 (Detectron2's contiguous
+    class index i is the i-th COCO category in id order)."""
+    try:
+        model = from_detectron2(state, **options)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    meta: dict = {}
+    if model.num_classes == 81 and model.class_names is None:
+        coco = [(cid, name) for cid, name in enumerate(hub.COCO_CATEGORY_NAMES) if cid > 0 and name != "N/A"]
+        model.class_names = [name for _, name in coco]
+        meta["category_ids"] = {label: cid for label, (cid, _) in enumerate(coco, start=model.first_label)}
+    return model, meta
+
+
 def _load_onnx(path: Path, variant: str | None, options: dict):
     """An exported graph in ONNX Runtime. Its architecture and resize are fixed at export; of
     the options only box_score_thresh (the default score threshold) and num_classes (a check)
@@ -388,6 +409,8 @@ def _load_file(path: Path, variant: str | None, options: dict) -> tuple[MaskRCNN
                 raise ValueError(f"{path} is a {meta['config'].get('variant')} model, not {variant}")
             return load_native(path, **options), meta
     state = read_state_dict(path)
+    if is_detectron2_state_dict(state):
+        return _load_detectron2(path, state, options)
     if any(k.startswith(("roi_heads.mask_head.predictor.", "backbone.fpn.lateral.")) for k in state):
         raise ValueError(
             f"{path} holds this library's own layout, but its config {config_file} is missing: "

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("sources", nargs="+", metavar="SRC", help="image files, folders or glob patterns ('**' recurses)")
     p.add_argument("-w", "--weights", required=True,
-                   help="model.safetensors (with its .json), a torchvision .pth/.safetensors, or "
+                   help="model.safetensors (with its .json), a torchvision .pth/.safetensors, a Detectron2 "
+                        "model zoo .pkl or .pth, or "
                         "torchvision:maskrcnn_resnet50_fpn / torchvision:maskrcnn_resnet50_fpn_v2")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
@@ -118,8 +119,10 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def coco_ids(ann_file: Path, paths: list[Path], class_names: list[str] | None) -> tuple[list[Any], dict[int, int]]:
-    """(image id per path, label -> category id) from a COCO annotation file."""
+def coco_ids(ann_file: Path, paths: list[Path], class_names: list[str] | None,
+             first_label: int = 1) -> tuple[list[Any], dict[int, int]]:
+    """(image id per path, label -> category id) from a COCO annotation file; labels count
+    from `first_label` (the model's: 0 for Detectron2's class index)."""
     from ..data import read_coco_json
 
     data = read_coco_json(ann_file)
@@ -143,7 +146,7 @@ def coco_ids(ann_file: Path, paths: list[Path], class_names: list[str] | None) -
     unknown = [n for n in class_names if n not in categories and n != "N/A"]
     if unknown:
         raise ValueError(f"{ann_file}: no category named {', '.join(map(repr, unknown[:5]))}")
-    return image_ids, {i + 1: categories[n] for i, n in enumerate(class_names) if n in categories}
+    return image_ids, {i + first_label: categories[n] for i, n in enumerate(class_names) if n in categories}
 
 
 def instance_rles(result: Result) -> list[dict]:
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         image_ids: list[Any] = list(range(1, len(paths) + 1))
         if args.coco_ann is not None:
             try:
-                image_ids, predictor.category_ids = coco_ids(args.coco_ann, paths, predictor.class_names)
+                image_ids, predictor.category_ids = coco_ids(args.coco_ann, paths, predictor.class_names,
+                                                             getattr(predictor.model, "first_label", 1))
             except (ValueError, OSError) as e:
                 say(f"maskrcnn predict: {e}")
                 return 2

@@ -1,16 +1,31 @@
 """Anchor boxes: one set of cell anchors per FPN level, repeated over the level's grid.
 
 Anchors are ordered (y, x, anchor) per level, matching the head's (A, H, W) outputs after the
-permute in `rpn.flatten_head_outputs`. Cell anchors are rounded to integers (torchvision).
+permute in `rpn.flatten_head_outputs`. Two conventions:
+
+    torchvision (round_anchors=True, offset=None): cell anchors computed in float32 and rounded to
+        integers; the grid step is padded size // level size, from 0.
+    Detectron2 (round_anchors=False, offset=0.0): cell anchors w = sqrt(s^2 / a), h = a * w in
+        double precision, not rounded; the grid step is the level's stride, from offset * stride.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
 
 
 def cell_anchors(size: float, aspect_ratios: tuple[float, ...], round_anchors: bool = True) -> Tensor:
-    """(A, 4) anchors centered at 0 with area size^2 and h/w = ratio."""
+    """(A, 4) anchors centered at 0 with area size^2 and h/w = ratio: torchvision's float32
+    arithmetic, rounded; or, unrounded, Detectron2's (double precision, stored as float32)."""
+    if not round_anchors:
+        cells = []
+        for ratio in aspect_ratios:
+            w = math.sqrt(size**2.0 / ratio)
+            h = ratio * w
+            cells.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        return torch.tensor(cells, dtype=torch.float32)
     ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
     h_ratios = torch.sqrt(ratios)
     w_ratios = 1 / h_ratios
@@ -25,7 +40,8 @@ class AnchorGenerator(nn.Module):
 
     The grid step of a level is H // Hl (and W // Wl), as in torchvision. It equals the level's
     stride except on P6 when H / 32 is odd (e.g. 800 // 13 = 61): published weights were trained
-    with that step, so it is kept.
+    with that step, so it is kept. With `offset` set (Detectron2), the step is the level's
+    declared stride (`strides`) and the grid starts at offset * stride.
     """
 
     def __init__(
@@ -34,8 +50,12 @@ class AnchorGenerator(nn.Module):
         sizes: tuple[float, ...] = (32, 64, 128, 256, 512),
         aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
         round_anchors: bool = True,
+        offset: float | None = None,
+        strides: tuple[int, ...] = (4, 8, 16, 32, 64),
     ):
         super().__init__()
+        self.offset = offset
+        self.strides = tuple(strides)
         self.sizes = tuple(sizes)
         self.aspect_ratios = tuple(aspect_ratios)
         self.num_anchors_per_location = len(self.aspect_ratios)
@@ -46,8 +66,14 @@ class AnchorGenerator(nn.Module):
         anchors = []
         for i, (h, w) in enumerate(feature_sizes):
             cell = getattr(self, f"cell_{i}")
-            shifts_x = torch.arange(w, device=cell.device, dtype=torch.int32) * (image_size[1] // w)
-            shifts_y = torch.arange(h, device=cell.device, dtype=torch.int32) * (image_size[0] // h)
+            if self.offset is None:
+                shifts_x = torch.arange(w, device=cell.device, dtype=torch.int32) * (image_size[1] // w)
+                shifts_y = torch.arange(h, device=cell.device, dtype=torch.int32) * (image_size[0] // h)
+            else:
+                # (i + offset) * stride, exact in double, stored as float32 (Detectron2's arange)
+                start = self.offset * self.strides[i]
+                shifts_x = (torch.arange(w, device=cell.device, dtype=torch.float64) * self.strides[i] + start).float()
+                shifts_y = (torch.arange(h, device=cell.device, dtype=torch.float64) * self.strides[i] + start).float()
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=-1).reshape(-1, 1, 4)
             # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4)

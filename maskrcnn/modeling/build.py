@@ -1,7 +1,9 @@
 """Model configuration and the one builder that reads it.
 
 Option names follow torchvision's `MaskRCNN` keywords (box_score_thresh, rpn_nms_thresh, ...)
-so its users can carry their settings over unchanged.
+so its users can carry their settings over unchanged. The defaults are torchvision's model;
+the options under "Detectron2" below turn it into Detectron2's R-CNN arithmetic one difference
+at a time (all of them together: the `detectron2_mask_rcnn_R_50_FPN` preset).
 """
 from __future__ import annotations
 
@@ -65,6 +67,22 @@ class ModelConfig:
     box_batch_size_per_image: int = 512
     box_positive_fraction: float = 0.25
     bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    # Detectron2: each option is one way its R-CNN differs from torchvision's (defaults: torchvision)
+    input_format: str = "RGB"  # channel order the network sees; "BGR" for Detectron2's MSRA weights
+    pixel_scale: float = 1.0  # 255.0: the network sees 0..255 (image_mean/std in those units)
+    resize: str = "torchvision"  # "detectron2": sizes rounded half up, Pillow's bilinear on uint8
+    stride_in_1x1: bool = False  # the downsampling stride in each bottleneck's 1x1 conv (MSRA)
+    anchor_round: bool = True  # False: cell anchors not rounded to integers (Detectron2)
+    anchor_offset: float | None = None  # a number: grid at (i + offset) * stride (Detectron2: 0.0)
+    rpn_min_size: float = 1e-3  # proposals narrower are dropped; 0: only empty ones (Detectron2)
+    rpn_rank_by_logits: bool = False  # RPN NMS ranks by objectness logit, not probability
+    roi_level_eps: float = 1e-6  # FPN level rule: floor(4 + log2(sqrt(area) / 224) + eps)
+    roi_level_eps_in_log: bool = False  # True: floor(4 + log2(sqrt(area) / 224 + eps)) (Detectron2, 1e-8)
+    box_min_size: float = 1e-2  # detections narrower are dropped; 0: only empty ones (Detectron2)
+    background_last: bool = False  # Detectron2's predictor layout: background logit last, no background deltas or mask
+    first_label: int = 1  # label of the first class in outputs and targets; 0: Detectron2's class index
+    clip_output_boxes: bool = False  # clip rescaled boxes to the image, drop empty ones (Detectron2)
+    mask_paste: str = "torchvision"  # "detectron2": grid_sample at pixel centers (ops.paste_masks_detectron2)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
@@ -90,11 +108,14 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         base_width=config.base_width,
         norm=frozen_bn(config.norm_eps),
         frozen_blocks=5 - config.trainable_backbone_layers,
+        stride_in_1x1=config.stride_in_1x1,
     )
     c = config.fpn_channels
     backbone = ResNetFPN(body=body, fpn=FPN(in_channels=body.out_channels, out_channels=c, norm=head_norm),
                          out_channels=c)
-    anchors = AnchorGenerator(sizes=config.anchor_sizes, aspect_ratios=config.aspect_ratios)
+    anchors = AnchorGenerator(sizes=config.anchor_sizes, aspect_ratios=config.aspect_ratios,
+                              round_anchors=config.anchor_round, offset=config.anchor_offset,
+                              strides=tuple(backbone.strides))
     rpn = RPN(
         head=RPNHead(in_channels=c, num_anchors=anchors.num_anchors_per_location, num_convs=2 if v2 else 1),
         anchor_generator=anchors,
@@ -106,11 +127,14 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         bg_iou_thresh=config.rpn_bg_iou_thresh,
         batch_size_per_image=config.rpn_batch_size_per_image,
         positive_fraction=config.rpn_positive_fraction,
+        min_size=config.rpn_min_size,
+        rank_by_logits=config.rpn_rank_by_logits,
         nms=batched_nms,
     )
     roi_strides = backbone.strides[:4]  # P2..P5; P6 feeds the RPN only
     # The operators are named here, so an export can build the same model around its own.
     pooler = dict(strides=roi_strides, sampling_ratio=config.roi_sampling_ratio, aligned=config.roi_aligned,
+                  level_eps=config.roi_level_eps, level_eps_in_log=config.roi_level_eps_in_log,
                   roi_align=roi_align)
     box_head = BoxHead(
         in_channels=c,
@@ -123,9 +147,11 @@ def build_model(config: ModelConfig) -> MaskRCNN:
     roi_heads = RoIHeads(
         box_pooler=MultiScaleRoIAlign(output_size=7, **pooler),
         box_head=box_head,
-        box_predictor=BoxPredictor(in_features=box_head.out_features, num_classes=config.num_classes),
+        box_predictor=BoxPredictor(in_features=box_head.out_features, num_classes=config.num_classes,
+                                   background_last=config.background_last),
         mask_pooler=MultiScaleRoIAlign(output_size=14, **pooler),
-        mask_head=MaskHead(in_channels=c, num_classes=config.num_classes, conv_dims=(m,) * 4, norm=head_norm),
+        mask_head=MaskHead(in_channels=c, num_classes=config.num_classes, conv_dims=(m,) * 4, norm=head_norm,
+                           background_channel=not config.background_last),
         fg_iou_thresh=config.box_fg_iou_thresh,
         bg_iou_thresh=config.box_bg_iou_thresh,
         batch_size_per_image=config.box_batch_size_per_image,
@@ -134,16 +160,35 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         score_thresh=config.box_score_thresh,
         nms_thresh=config.box_nms_thresh,
         detections_per_img=config.box_detections_per_img,
+        min_size=config.box_min_size,
         nms=batched_nms,
     )
     transform = ImageTransform(min_size=config.min_size, max_size=config.max_size,
-                               image_mean=config.image_mean, image_std=config.image_std)
+                               image_mean=config.image_mean, image_std=config.image_std,
+                               input_format=config.input_format, pixel_scale=config.pixel_scale,
+                               resize=config.resize)
     model = MaskRCNN(transform=transform, backbone=backbone, rpn=rpn, roi_heads=roi_heads,
-                     num_classes=config.num_classes, class_names=config.class_names)
+                     num_classes=config.num_classes, class_names=config.class_names,
+                     first_label=config.first_label, clip_output_boxes=config.clip_output_boxes,
+                     mask_paste=config.mask_paste)
     model.config = config
     # Convolution weights channels-last to match the activations (see ResNetFPN.forward).
     return model.to(memory_format=torch.channels_last)
 
+
+# Everything in which Detectron2's R-CNN (FPN, 4conv mask head, 2fc box head) differs from
+# torchvision's, with Detectron2's defaults for the shared options (80 COCO classes).
+DETECTRON2_OPTIONS: dict = dict(
+    variant="v1", num_classes=81, norm_eps=1e-5,
+    image_mean=(103.530, 116.280, 123.675), image_std=(1.0, 1.0, 1.0),  # BGR, 0..255
+    input_format="BGR", pixel_scale=255.0, resize="detectron2",
+    stride_in_1x1=True,
+    anchor_round=False, anchor_offset=0.0,
+    rpn_min_size=0.0, rpn_rank_by_logits=True, rpn_post_nms_top_n_train=1000,
+    roi_sampling_ratio=0, roi_aligned=True, roi_level_eps=1e-8, roi_level_eps_in_log=True,
+    box_min_size=0.0, background_last=True,
+    first_label=0, clip_output_boxes=True, mask_paste="detectron2",
+)
 
 # Named presets: the only registry the project needs.
 PRESETS: dict[str, dict] = {
@@ -155,6 +200,11 @@ PRESETS: dict[str, dict] = {
         variant="v1", depth=18, base_width=16, fpn_channels=64, representation_size=256,
         mask_head_channels=64, trainable_backbone_layers=5, min_size=256, max_size=512,
     ),
+    # Detectron2's model zoo R-CNN (COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_{1x,3x}.yaml and
+    # their kin): the same architecture, computed the way Detectron2 does; load its .pkl / .pth
+    # files with maskrcnn.from_detectron2.
+    "detectron2_mask_rcnn_R_50_FPN": dict(DETECTRON2_OPTIONS, depth=50),
+    "detectron2_mask_rcnn_R_101_FPN": dict(DETECTRON2_OPTIONS, depth=101),
 }
 
 

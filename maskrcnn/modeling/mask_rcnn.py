@@ -11,7 +11,8 @@
     dets = model.postprocess(dets, batch.image_sizes, [img.shape[-2:] for img in images])
 
 images: list of (3, Hi, Wi) float tensors in [0, 1], RGB, any sizes.
-targets: one dict per image: "boxes" float (G, 4) xyxy pixels, "labels" int64 (G,) in 1..K-1,
+targets: one dict per image: "boxes" float (G, 4) xyxy pixels, "labels" int64 (G,) in 1..K-1 (0..K-2 with
+first_label=0, Detectron2's class index),
 "masks" uint8/bool (G, Hi, Wi), optionally "iscrowd" (G,) (crowd regions are ignored).
 """
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..ops.boxes import clip_boxes, remove_small_boxes
 from ..ops.masks import paste_masks as paste_masks_in_image
+from ..ops.masks import paste_masks_detectron2
 from ..structures import Detections, ImageList, MaskRCNNOutput
 from .backbone.fpn import ResNetFPN
 from .roi_heads.roi_heads import RoIHeads
@@ -40,14 +43,30 @@ class MaskRCNN(nn.Module):
         roi_heads: RoIHeads,
         num_classes: int,
         class_names: list[str] | None = None,
+        first_label: int = 1,
+        clip_output_boxes: bool = False,
+        mask_paste: str = "torchvision",
     ):
+        """first_label: the label of the first class in detections and targets: 1 (0 is the
+        background, torchvision) or 0 (Detectron2's class index 0..K-2); inside the heads the
+        background is always 0. clip_output_boxes: clip the boxes to the original image after
+        the rescale and drop the empty ones (Detectron2). mask_paste: "torchvision" (padded
+        mask, interpolate) or "detectron2" (grid_sample at pixel centers, see
+        `ops.paste_masks_detectron2`); both give probabilities."""
         super().__init__()
+        if first_label not in (0, 1):
+            raise ValueError(f"first_label must be 0 or 1, got {first_label}")
+        if mask_paste not in ("torchvision", "detectron2"):
+            raise ValueError(f"mask_paste must be 'torchvision' or 'detectron2', got {mask_paste!r}")
         self.transform = transform
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.num_classes = num_classes  # including background
         self.class_names = class_names
+        self.first_label = first_label
+        self.clip_output_boxes = clip_output_boxes
+        self.mask_paste = mask_paste
 
     def forward(
         self,
@@ -80,7 +99,10 @@ class MaskRCNN(nn.Module):
         resized alike (never modified in place)."""
         images = check_images(images)
         if targets is not None:
-            check_targets(images, targets, self.num_classes)
+            check_targets(images, targets, self.num_classes, self.first_label)
+            if self.first_label != 1:
+                # the heads count classes from 1 (0 is their background)
+                targets = [{**t, "labels": t["labels"] + (1 - self.first_label)} for t in targets]
         return self.transform(images, targets)
 
     def run(
@@ -115,23 +137,33 @@ class MaskRCNN(nn.Module):
         """Inference on a padded batch: `run` without targets."""
         return self.run(batch, score_thresh=score_thresh)[0]
 
-    @staticmethod
     def postprocess(
+        self,
         detections: list[Detections],
         resized_sizes: list[tuple[int, int]],
         original_sizes: list[tuple[int, int]],
         *,
         paste_masks: bool = True,
     ) -> list[Detections]:
-        """Boxes back to each original image's pixels; masks pasted at that size (unless not
-        `paste_masks`: then they stay (D, 28, 28) probabilities)."""
+        """Boxes back to each original image's pixels (clipped, empty ones dropped, if
+        `clip_output_boxes`); masks pasted at that size (unless not `paste_masks`: then they
+        stay (D, 28, 28) probabilities); labels from `first_label` on."""
         out = []
         for det, resized, original in zip(detections, resized_sizes, original_sizes):
             boxes = scale_boxes(det.boxes, resized, original)
-            masks = det.masks
+            scores, labels, masks = det.scores, det.labels, det.masks
+            if self.clip_output_boxes:
+                boxes = clip_boxes(boxes, original)
+                keep = remove_small_boxes(boxes, 0.0)
+                if not keep.all():
+                    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+                    masks = masks[keep] if masks is not None else None
             if masks is not None and paste_masks:
-                masks = paste_masks_in_image(masks, boxes, original)
-            out.append(Detections(boxes=boxes, scores=det.scores, labels=det.labels, masks=masks))
+                paste = paste_masks_detectron2 if self.mask_paste == "detectron2" else paste_masks_in_image
+                masks = paste(masks, boxes, original)
+            if self.first_label != 1:
+                labels = labels - (1 - self.first_label)
+            out.append(Detections(boxes=boxes, scores=scores, labels=labels, masks=masks))
         return out
 
 
@@ -157,7 +189,8 @@ def check_images(images: list[Tensor]) -> list[Tensor]:
     return list(images)
 
 
-def check_targets(images: list[Tensor], targets: list[dict[str, Tensor]], num_classes: int) -> None:
+def check_targets(images: list[Tensor], targets: list[dict[str, Tensor]], num_classes: int,
+                  first_label: int = 1) -> None:
     if len(targets) != len(images):
         raise ValueError(f"got {len(images)} images but {len(targets)} targets")
     for i, (image, target) in enumerate(zip(images, targets)):
@@ -177,10 +210,12 @@ def check_targets(images: list[Tensor], targets: list[dict[str, Tensor]], num_cl
             continue
         if not torch.isfinite(boxes).all():
             raise ValueError(f"target {i}: boxes contain NaN or infinity")
-        bad = torch.nonzero((labels < 1) | (labels >= num_classes)).flatten()
+        last = num_classes - 2 + first_label
+        bad = torch.nonzero((labels < first_label) | (labels > last)).flatten()
         if bad.numel():
             j = int(bad[0])
-            raise ValueError(f"target {i}, instance {j}: label {int(labels[j])} is out of range 1..{num_classes - 1} (0 is background)")
+            background = " (0 is background)" if first_label == 1 else ""
+            raise ValueError(f"target {i}, instance {j}: label {int(labels[j])} is out of range {first_label}..{last}{background}")
         bad = torch.nonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).flatten()
         if bad.numel():
             j = int(bad[0])

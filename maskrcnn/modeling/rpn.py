@@ -58,7 +58,9 @@ class RPN(nn.Module):
     Proposals are in the coordinates of the resized (unpadded) images and carry no gradient.
     Losses are computed whenever targets are given (train or eval mode).
     `nms(boxes, scores, levels, iou_threshold) -> kept indices` is set by the builder, so an
-    export can swap in its own operator.
+    export can swap in its own operator. NMS ranks proposals by objectness probability
+    (torchvision) or, with `rank_by_logits`, by the logit itself (Detectron2: the same order,
+    except that distinct logits can round to one float32 probability).
     """
 
     def __init__(
@@ -76,10 +78,12 @@ class RPN(nn.Module):
         batch_size_per_image: int = 256,
         positive_fraction: float = 0.5,
         box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+        rank_by_logits: bool = False,
         nms=batched_nms,
     ):
         super().__init__()
         self.nms = nms
+        self.rank_by_logits = rank_by_logits
         self.head = head
         self.anchor_generator = anchor_generator
         self.pre_nms_topk = dict(pre_nms_topk)
@@ -113,7 +117,8 @@ class RPN(nn.Module):
         self, anchors: Tensor, deltas: Tensor, objectness: Tensor, counts: list[int],
         image_sizes: list[tuple[int, int]],
     ) -> list[Tensor]:
-        """Top-k per level, decode, clip, drop tiny boxes, NMS per level, keep the best per image.
+        """Top-k per level, decode, clip, drop tiny boxes (min_size 0: empty ones), NMS per
+        level, keep the best per image.
 
         anchors (S, 4), deltas (N, S, 4), objectness (N, S); only the top-k anchors are decoded."""
         pre_nms_topk = self.pre_nms_topk[self.training]
@@ -128,15 +133,17 @@ class RPN(nn.Module):
         top_idx = torch.cat(top_idx, dim=1)
         levels = torch.cat(levels)
         batch = torch.arange(objectness.shape[0], device=objectness.device)[:, None]
-        scores = torch.sigmoid(objectness[batch, top_idx])
+        logits = objectness[batch, top_idx]
+        probs = torch.sigmoid(logits)
+        scores = logits if self.rank_by_logits else probs
         # (N, K, 4) deltas of the kept anchors -> (N, K, 4) boxes
         boxes = self.box_coder.decode(deltas[batch, top_idx].reshape(-1, 4), anchors[top_idx].reshape(-1, 4))
         boxes = boxes.view(top_idx.shape[0], -1, 4)
 
         proposals = []
-        for boxes_per_image, scores_per_image, size in zip(boxes, scores, image_sizes):
+        for boxes_per_image, scores_per_image, probs_per_image, size in zip(boxes, scores, probs, image_sizes):
             boxes_per_image = clip_boxes(boxes_per_image, size)
-            keep = remove_small_boxes(boxes_per_image, self.min_size) & (scores_per_image >= self.score_thresh)
+            keep = remove_small_boxes(boxes_per_image, self.min_size) & (probs_per_image >= self.score_thresh)
             boxes_per_image, scores_per_image, lvl = boxes_per_image[keep], scores_per_image[keep], levels[keep]
             keep = self.nms(boxes_per_image, scores_per_image, lvl, self.nms_thresh)
             proposals.append(boxes_per_image[keep[: self.post_nms_topk[self.training]]])

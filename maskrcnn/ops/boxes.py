@@ -51,9 +51,12 @@ def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
-    """Boolean keep-mask (R,) of boxes whose width and height are both >= min_size."""
+    """Boolean keep-mask (R,) of boxes whose width and height are both >= min_size; with
+    min_size 0, both > 0 (the empty boxes are dropped, Detectron2's `nonempty`)."""
     ws = boxes[:, 2] - boxes[:, 0]
     hs = boxes[:, 3] - boxes[:, 1]
+    if min_size == 0:
+        return (ws > 0) & (hs > 0)
     return (ws >= min_size) & (hs >= min_size)
 
 

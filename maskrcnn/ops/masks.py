@@ -65,6 +65,41 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], paddi
     return torch.bmm(torch.bmm(wy, masks), wx.transpose(1, 2))
 
 
+def paste_masks_detectron2(masks: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Paste (R, M, M) mask probabilities into (R, H, W) images, Detectron2's way (its CPU path,
+    `_do_paste_mask` one detection at a time), returning the sampled probabilities; Detectron2's
+    binary mask is `probability >= 0.5`.
+
+    Each pixel center (j + 0.5, i + 0.5) is mapped into the box, gx = (j + 0.5 - x1) / (x2 - x1)
+    * 2 - 1 in float32, and the mask is sampled there by `grid_sample` (bilinear, zero padding,
+    align_corners=False). Only the window of columns max(floor(x1) - 1, 0) .. min(ceil(x2) + 1,
+    W) - 1 (rows alike) is sampled; the rest is 0, which is below 0.5 anyway (outside the box a
+    pixel gets at most half of the edge cell).
+    """
+    height, width = image_size
+    num = masks.shape[0]
+    out = masks.new_zeros((num, height, width))
+    if num == 0:
+        return out
+    boxes = boxes.to(torch.float32)
+    for i in range(num):
+        # A loop over detections, as Detectron2's CPU paste: each samples its own window only.
+        x0, y0 = [int(v) for v in torch.clamp(boxes[i, :2].floor() - 1, min=0).tolist()]
+        x1 = int(torch.clamp(boxes[i, 2].ceil() + 1, max=width).item())
+        y1 = int(torch.clamp(boxes[i, 3].ceil() + 1, max=height).item())
+        if x1 <= x0 or y1 <= y0:
+            continue
+        img_y = torch.arange(y0, y1, device=masks.device, dtype=torch.float32) + 0.5
+        img_x = torch.arange(x0, x1, device=masks.device, dtype=torch.float32) + 0.5
+        img_y = (img_y - boxes[i, 1]) / (boxes[i, 3] - boxes[i, 1]) * 2 - 1
+        img_x = (img_x - boxes[i, 0]) / (boxes[i, 2] - boxes[i, 0]) * 2 - 1
+        # (h,) and (w,) -> grid (1, h, w, 2) of (x, y)
+        grid = torch.stack(torch.broadcast_tensors(img_x[None, :], img_y[:, None]), dim=-1)[None]
+        sampled = F.grid_sample(masks[i][None, None], grid.to(masks.dtype), align_corners=False)
+        out[i, y0:y1, x0:x1] = sampled[0, 0]
+    return out
+
+
 def mask_targets(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, size: int) -> Tensor:
     """Crop each RoI's matched ground-truth mask (G, H, W) to its (R, 4) box and resize to
     (R, size, size) with RoIAlign (adaptive sampling), giving soft targets in [0, 1]."""

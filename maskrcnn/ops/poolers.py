@@ -16,15 +16,20 @@ def assign_fpn_levels(
     canonical_size: float = 224.0,
     canonical_level: int = 4,
     eps: float = 1e-6,
+    eps_in_log: bool = False,
 ) -> Tensor:
     """FPN paper eq. 1: k = floor(k0 + log2(sqrt(wh) / 224)), clamped to [min_level, max_level].
 
     Returns int64 (R,) offsets k - min_level. `eps` is added after the log (torchvision's
-    rule); Detectron2 adds 1e-8 inside it instead, which only matters on exact powers of two.
+    rule, 1e-6); Detectron2 adds 1e-8 inside it instead (`eps_in_log`), which only matters
+    near exact powers of two.
     """
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     scale = torch.sqrt(area)
-    levels = torch.floor(canonical_level + torch.log2(scale / canonical_size) + torch.tensor(eps, dtype=scale.dtype))
+    if eps_in_log:
+        levels = torch.floor(canonical_level + torch.log2(scale / canonical_size + eps))
+    else:
+        levels = torch.floor(canonical_level + torch.log2(scale / canonical_size) + torch.tensor(eps, dtype=scale.dtype))
     levels = torch.clamp(levels, min=min_level, max=max_level)
     return levels.to(torch.int64) - min_level
 
@@ -58,6 +63,7 @@ class MultiScaleRoIAlign(nn.Module):
         canonical_size: float = 224.0,
         canonical_level: int = 4,
         level_eps: float = 1e-6,
+        level_eps_in_log: bool = False,
         roi_align=roi_align,
     ):
         super().__init__()
@@ -69,6 +75,7 @@ class MultiScaleRoIAlign(nn.Module):
         self.canonical_size = canonical_size
         self.canonical_level = canonical_level
         self.level_eps = level_eps
+        self.level_eps_in_log = level_eps_in_log
         self.min_level = int(round(math.log2(self.strides[0])))
         self.max_level = int(round(math.log2(self.strides[-1])))
 
@@ -79,7 +86,8 @@ class MultiScaleRoIAlign(nn.Module):
             return self.roi_align(features[0], rois, self.output_size, 1.0 / self.strides[0],
                              self.sampling_ratio, self.aligned)
         levels = assign_fpn_levels(rois[:, 1:], self.min_level, self.max_level,
-                                   self.canonical_size, self.canonical_level, self.level_eps)
+                                   self.canonical_size, self.canonical_level, self.level_eps,
+                                   self.level_eps_in_log)
         selected, pooled = [], []
         for level, (feature, stride) in enumerate(zip(features, self.strides)):
             idx = torch.nonzero(levels == level).squeeze(1)

@@ -1,5 +1,7 @@
-"""ResNet body (He et al. 2016), torchvision's "v1.5" layout: the stride of a downsampling
-bottleneck sits in its 3x3 convolution. Module names follow torchvision's ResNet, so ImageNet and
+"""ResNet body (He et al. 2016), torchvision's "v1.5" layout by default: the stride of a
+downsampling bottleneck sits in its 3x3 convolution. `stride_in_1x1=True` puts it in the first 1x1
+convolution instead, the original MSRA / Caffe layout that Detectron2's weights were trained with
+(same shapes, different computation). Module names follow torchvision's ResNet, so ImageNet and
 COCO checkpoints load by name.
 
 forward(x (N, 3, H, W)) -> {"c2": (N, C2, H/4, W/4), ..., "c5": (N, C5, H/32, W/32)}
@@ -34,12 +36,13 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int, norm: NormFactory):
+    def __init__(self, in_channels: int, width: int, stride: int, norm: NormFactory, stride_in_1x1: bool = False):
         super().__init__()
         out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(in_channels, width, 1, stride_1x1, bias=False)
         self.bn1 = norm(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, stride_3x3, 1, bias=False)
         self.bn2 = norm(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = norm(out_channels)
@@ -82,11 +85,15 @@ class ResNet(nn.Module):
         base_width: int = 64,
         norm: NormFactory = frozen_bn(),
         frozen_blocks: int = 2,
+        stride_in_1x1: bool = False,
     ):
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
         block, layers = RESNET_SPECS[depth]
+        if stride_in_1x1 and block is not Bottleneck:
+            raise ValueError(f"stride_in_1x1 applies to bottleneck ResNets (depth >= 50), not depth {depth}")
+        extra = {"stride_in_1x1": True} if stride_in_1x1 else {}
         self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
         self.bn1 = norm(base_width)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -97,7 +104,7 @@ class ResNet(nn.Module):
             stride = 1 if i == 0 else 2
             blocks = []
             for b in range(num_blocks):
-                blocks.append(block(in_channels, width, stride if b == 0 else 1, norm))
+                blocks.append(block(in_channels, width, stride if b == 0 else 1, norm, **extra))
                 in_channels = width * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             self.out_channels.append(in_channels)

@@ -48,16 +48,29 @@ class BoxHead(nn.Module):
 
 
 class BoxPredictor(nn.Module):
-    """forward((R, D)) -> class logits (R, K), box deltas (R, 4K) for every class."""
+    """forward((R, D)) -> class logits (R, K), box deltas (R, 4K) for every class, background
+    (class 0) first.
 
-    def __init__(self, *, in_features: int, num_classes: int):
+    `background_last=True` is Detectron2's layer layout: `cls_score` has the background as its
+    last output and `bbox_pred` has 4(K - 1) outputs, none for the background. Its outputs are
+    rearranged to the layout above (background logit moved to the front, zero deltas for the
+    background), so the losses and the post-processing are the same for both layouts.
+    """
+
+    def __init__(self, *, in_features: int, num_classes: int, background_last: bool = False):
         super().__init__()
+        self.background_last = background_last
         self.cls_score = nn.Linear(in_features, num_classes)
-        self.bbox_pred = nn.Linear(in_features, num_classes * 4)
+        self.bbox_pred = nn.Linear(in_features, (num_classes - 1 if background_last else num_classes) * 4)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = x.flatten(1)
-        return self.cls_score(x), self.bbox_pred(x)
+        class_logits, deltas = self.cls_score(x), self.bbox_pred(x)
+        if self.background_last:
+            # (R, [c1..cK-1, bg]) -> (R, [bg, c1..cK-1]); (R, 4(K-1)) -> (R, 4K), background zeros
+            class_logits = torch.cat([class_logits[:, -1:], class_logits[:, :-1]], dim=1)
+            deltas = torch.cat([deltas.new_zeros((deltas.shape[0], 4)), deltas], dim=1)
+        return class_logits, deltas
 
 
 def box_losses(
@@ -88,8 +101,9 @@ def postprocess_boxes(
     min_size: float = 1e-2,
     nms=batched_nms,
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Per-class decode, clip, score > thresh, drop tiny, per-class NMS (`nms(boxes, scores,
-    groups, iou_threshold)`), keep the top ones.
+    """Per-class decode, clip, score > thresh, drop tiny (smaller than `min_size`; 0 keeps all
+    but empty boxes), per-class NMS (`nms(boxes, scores, groups, iou_threshold)`), keep the top
+    ones.
 
     Returns per image (boxes (D, 4), scores (D,), labels int64 (D,)), best first.
     """

@@ -15,7 +15,8 @@ from ..layers import NormFactory, conv_stack, init_for_relu
 class MaskHead(nn.Module):
     """4 x (3x3 conv, ReLU) -> 2x2 stride-2 transposed conv, ReLU -> 1x1 conv to K logits.
 
-    forward((R, C, 14, 14)) -> (R, K, 28, 28) logits.
+    forward((R, C, 14, 14)) -> (R, K, 28, 28) logits; (R, K - 1, 28, 28) without a background
+    channel (Detectron2's layout, `background_channel=False`): `select` picks the right one.
     """
 
     def __init__(
@@ -25,12 +26,15 @@ class MaskHead(nn.Module):
         num_classes: int,
         conv_dims: tuple[int, ...] = (256, 256, 256, 256),
         norm: NormFactory | None = None,
+        background_channel: bool = True,
     ):
         super().__init__()
         self.convs = conv_stack(in_channels, conv_dims, norm)
         channels = conv_dims[-1] if conv_dims else in_channels
         self.deconv = nn.ConvTranspose2d(channels, channels, 2, stride=2)
-        self.predictor = nn.Conv2d(channels, num_classes, 1)
+        # label l (1..K-1) reads channel l - first_class
+        self.first_class = 0 if background_channel else 1
+        self.predictor = nn.Conv2d(channels, num_classes - self.first_class, 1)
         init_for_relu(self.modules())
 
     def forward(self, x: Tensor) -> Tensor:
@@ -39,9 +43,10 @@ class MaskHead(nn.Module):
         return self.predictor(x)
 
 
-def select_class(mask_logits: Tensor, labels: Tensor) -> Tensor:
-    """(R, K, M, M) logits, (R,) labels -> (R, M, M) logits of each RoI's class."""
-    return mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
+def select_class(mask_logits: Tensor, labels: Tensor, first_class: int = 0) -> Tensor:
+    """(R, K, M, M) logits, (R,) labels -> (R, M, M) logits of each RoI's class (channel
+    label - first_class: 1 when the head has no background channel)."""
+    return mask_logits[torch.arange(labels.shape[0], device=labels.device), labels - first_class]
 
 
 def mask_loss(
@@ -50,6 +55,7 @@ def mask_loss(
     proposals: list[Tensor],
     gt_masks: list[Tensor],
     matched_idxs: list[Tensor],
+    first_class: int = 0,
 ) -> Tensor:
     """Per-pixel binary cross-entropy on the gt class's channel only (no competition between
     classes), over positive RoIs. Targets are each RoI's gt mask cropped and resized to M x M.
@@ -65,4 +71,4 @@ def mask_loss(
     ]
     if mask_logits.shape[0] == 0:
         return mask_logits.sum() * 0
-    return F.binary_cross_entropy_with_logits(select_class(mask_logits, labels), torch.cat(targets))
+    return F.binary_cross_entropy_with_logits(select_class(mask_logits, labels, first_class), torch.cat(targets))

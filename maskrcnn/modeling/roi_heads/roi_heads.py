@@ -42,9 +42,11 @@ class RoIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        min_size: float = 1e-2,
         nms=batched_nms,
     ):
         super().__init__()
+        self.min_size = min_size
         self.nms = nms
         self.box_pooler = box_pooler
         self.box_head = box_head
@@ -94,7 +96,7 @@ class RoIHeads(nn.Module):
         results = postprocess_boxes(
             class_logits, deltas, proposals, image_sizes, self.box_coder,
             self.score_thresh if score_thresh is None else score_thresh,
-            self.nms_thresh, self.detections_per_img, nms=self.nms,
+            self.nms_thresh, self.detections_per_img, min_size=self.min_size, nms=self.nms,
         )
         if not self.has_mask:
             return [Detections(boxes=b, scores=s, labels=l) for b, s, l in results]
@@ -107,7 +109,7 @@ class RoIHeads(nn.Module):
 
     def mask_logits(self, features: list[Tensor], boxes: list[Tensor], labels: Tensor) -> Tensor:
         """(sum Di, M, M) mask logits of each box's own class."""
-        return select_class(self.mask_head(self.mask_pooler(features, boxes)), labels)
+        return select_class(self.mask_head(self.mask_pooler(features, boxes)), labels, self.mask_head.first_class)
 
     def sample_proposals(
         self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
@@ -156,5 +158,6 @@ class RoIHeads(nn.Module):
             pos_matched = [m[i] for m, i in zip(matched_idxs, positive)]
             gt_masks = [target["masks"][~crowd_mask(target)] for target in targets]
             mask_logits = self.mask_head(self.mask_pooler(features, pos_props))
-            losses["loss_mask"] = mask_loss(mask_logits, pos_labels, pos_props, gt_masks, pos_matched)
+            losses["loss_mask"] = mask_loss(mask_logits, pos_labels, pos_props, gt_masks, pos_matched,
+                                            self.mask_head.first_class)
         return losses
