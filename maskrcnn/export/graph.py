@@ -140,6 +140,8 @@ class InferenceGraph(nn.Module):
         super().__init__()
         if not model.roi_heads.has_mask:
             raise ValueError("the export needs a model with a mask branch")
+        if getattr(model.rpn.anchor_generator, "offset", None) is not None:
+            raise NotImplementedError("the export implements torchvision's anchor grid, not Detectron2's offset one")
         # A copy, contiguous (channels-last strides mean nothing to ONNX and slow the tracing)
         # and with the norms folded into the convolutions.
         model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)

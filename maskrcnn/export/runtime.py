@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,9 @@ class OnnxModel:
             raise ValueError(f"{self.path} is not a Mask R-CNN graph written by maskrcnn export "
                              f"(metadata maskrcnn.format={meta.get('maskrcnn.format')!r})")
         self.metadata = meta
-        self.config = ModelConfig.from_dict(json.loads(meta["config"]))
+        # fields this version does not know (a graph from a newer one) are not needed to run it
+        known = {f.name for f in fields(ModelConfig)}
+        self.config = ModelConfig.from_dict({k: v for k, v in json.loads(meta["config"]).items() if k in known})
         self.num_classes = int(meta["num_classes"])
         self.class_names = json.loads(meta["class_names"])
         ids = json.loads(meta["category_ids"])
