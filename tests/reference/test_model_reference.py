@@ -19,6 +19,7 @@ The largest differences over the whole module are printed at its end (quote thos
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -97,6 +98,30 @@ def transform_sizes(transform, channels: int, sizes) -> list[tuple]:
     return out
 
 
+@pytest.fixture
+def sweep_threads():
+    """The sweep is ~5,500 small calls (normalize, resize and pad one image). With 2 intra-op
+    threads each op pays OpenMP start-up and, on a busy machine, waits for its other thread
+    (measured next to other work: 218 s with 2 threads, 99 s with 1). So ops run on 1 thread,
+    and the sizes are split across as many Python threads as torch had intra-op threads (ops
+    release the GIL). Note: torch's bilinear resize of exactly 3 channels copies its input 3
+    times, 2/3 of our transform's time here; torchvision's model transform pays that too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield threads
+    torch.set_num_threads(threads)
+
+
+def transform_sizes_parallel(transform, channels: int, sizes, workers: int) -> list[tuple]:
+    chunks = [sizes[i::workers] for i in range(workers)]
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda chunk: transform_sizes(transform, channels, chunk), chunks))
+    out = [None] * len(sizes)
+    for i, part in enumerate(parts):
+        out[i::workers] = part
+    return out
+
+
 RESIZE_SWEEPS = {
     "800-1333": (800, 1333, range(100, 1301)),  # 4,804 sizes
     "512-853": (512, 853, range(100, 1301, 7)),  # 688 sizes
@@ -104,16 +129,17 @@ RESIZE_SWEEPS = {
 
 
 @pytest.mark.parametrize("sweep", RESIZE_SWEEPS)
-def test_resized_sizes_equal_torchvision(sweep):
+def test_resized_sizes_equal_torchvision(sweep, sweep_threads):
     min_size, max_size, heights = RESIZE_SWEEPS[sweep]
     sizes = size_sweep(heights)
-    ours = transform_sizes(our_model("v1", min_size=min_size, max_size=max_size).transform, 3, sizes)
-    theirs = transform_sizes(tv_transform(min_size, max_size, 1), 1, sizes)
+    ours_transform = our_model("v1", min_size=min_size, max_size=max_size).transform
+    ours = transform_sizes_parallel(ours_transform, 3, sizes, sweep_threads)
+    theirs = transform_sizes_parallel(tv_transform(min_size, max_size, 1), 1, sizes, sweep_threads)
     differ = [(size, o, t) for size, o, t in zip(sizes, ours, theirs) if o != t]
     assert not differ, f"{len(differ)} of {len(sizes)} sizes differ (size, ours, torchvision), first: {differ[:5]}"
 
 
-def test_one_channel_transform_is_torchvisions_model_transform():
+def test_one_channel_transform_is_torchvisions_model_transform(sweep_threads):
     """The cheap transform of the sweep gives what the model's own transform gives."""
     sizes = size_sweep(range(100, 1301, 97))
     model_transform = models("v1-800")[0].transform
