@@ -25,8 +25,10 @@ scripted, and its tracer fixes Python loops and sizes to the traced example.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -149,7 +151,7 @@ def export_onnx(
         dynamic_shapes.append({0: n, 2: Dim("height", min=1, max=1 << 16), 3: Dim("width", min=1, max=1 << 16)})
         names.append("frame")
     output_names = list(OUTPUTS) + (["masks"] if paste else [])
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers():
         # torch's own deprecation noise, and a note that two inputs share the batch axis
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
@@ -171,6 +173,24 @@ def export_onnx(
 
     atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
     return path
+
+
+# Loggers that warn about things that are fine here: torchvision ops we never use, and empty
+# attribute lists the exporter writes as INTS (which they are).
+_NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "onnx_ir._convenience")
+
+
+@contextlib.contextmanager
+def _quiet_loggers():
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _with_preprocess(proto, model: MaskRCNN, paste: bool):
