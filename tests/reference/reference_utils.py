@@ -130,24 +130,35 @@ def paste_boxes(boxes: torch.Tensor, mask_size: int = 28, padding: int = 1) -> t
     return torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], 1).to(torch.int64)
 
 
-def match_detections(ref: dict, ours: dict, min_iou: float = 0.75) -> torch.Tensor:
-    """Index into `ours` of each reference detection: the same label and the highest IoU.
+def pair_detections(ref: dict, ours: dict, min_iou: float = 0.75) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference indices, our indices) of the detections that have a counterpart: the same
+    label and the highest IoU, above `min_iou`.
 
     Not by index: adjacent scores can differ by float rounding only, and then their order may
-    swap. The match is unique: after per-class NMS at 0.5 no two detections of one class have
+    swap. The pairing is unique: after per-class NMS at 0.5 no two detections of one class have
     IoU > 0.5, and since 1 - IoU is a metric, two of ours with IoU > 0.75 to one reference box
     would have IoU > 0.5 with each other."""
     from maskrcnn.ops import box_iou
 
+    none = torch.zeros(0, dtype=torch.int64)
+    if len(ref["boxes"]) == 0 or len(ours["boxes"]) == 0:
+        return none, none
     iou = box_iou(ref["boxes"], ours["boxes"])
     iou[ref["labels"][:, None] != ours["labels"][None, :]] = -1
-    if iou.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64)
     best = iou.max(dim=1)
-    bad = torch.nonzero(best.values <= min_iou).flatten().tolist()
-    assert not bad, f"reference detections without a counterpart (label and IoU > {min_iou}): {bad}"
-    assert best.indices.unique().numel() == best.indices.numel(), "two reference detections matched one of ours"
-    return best.indices
+    ref_idx = torch.nonzero(best.values > min_iou).flatten()
+    our_idx = best.indices[ref_idx]
+    assert our_idx.unique().numel() == our_idx.numel(), "two reference detections matched one of ours"
+    return ref_idx, our_idx
+
+
+def match_detections(ref: dict, ours: dict, min_iou: float = 0.75) -> torch.Tensor:
+    """Index into `ours` of each reference detection (see pair_detections); all must match."""
+    ref_idx, our_idx = pair_detections(ref, ours, min_iou)
+    assert len(ref_idx) == len(ref["boxes"]), (
+        f"reference detections without a counterpart (label and IoU > {min_iou}): "
+        f"{sorted(set(range(len(ref['boxes']))) - set(ref_idx.tolist()))}")
+    return our_idx
 
 
 @dataclass

@@ -28,7 +28,7 @@ from reference_utils import (
     Maxima,
     Run,
     coffee_image,
-    match_detections,
+    pair_detections,
     our_model,
     paste_boxes,
     proposals_nearest,
@@ -52,6 +52,7 @@ SCORE_ATOL = 1e-4
 MASK_ATOL = 2 / 255
 PROPOSAL_ATOL = 0.05  # px, every coordinate
 PROPOSAL_FRACTION = 0.995  # of torchvision's proposals with a counterpart of ours within PROPOSAL_ATOL
+DETECTIONS_PER_IMG = 100  # box_detections_per_img, torchvision's default, in every setting here
 
 MAXIMA = Maxima()
 
@@ -228,7 +229,8 @@ def mask_difference(our_mask: torch.Tensor, ref_mask: torch.Tensor, boxes: list[
     return (inside_ours - ref_mask[y0:y1, x0:x1]).abs().max().item()
 
 
-def check_masks(case: str, ref: dict, ours: dict, m: torch.Tensor, ref_masks28: torch.Tensor, image_size) -> None:
+def check_masks(case: str, ref: dict, ours: dict, ri: torch.Tensor, oi: torch.Tensor, ref_masks28: torch.Tensor,
+                image_size) -> None:
     """Pasted masks within MASK_ATOL, one detection at a time.
 
     A pasted mask lands in integer pixels: torchvision's paste_masks_in_image grows the box by
@@ -237,21 +239,21 @@ def check_masks(case: str, ref: dict, ours: dict, m: torch.Tensor, ref_masks28: 
     the two masks then differ by a resampling (seen: up to 18/255). That is a difference of the
     box, which is checked above, not of the mask: for such a detection, torchvision's own 28 x 28
     probabilities are pasted into our box with torchvision's function, and ours must match that."""
-    ref_paste, our_paste = paste_boxes(ref["boxes"]), paste_boxes(ours["boxes"][m])
-    for i, j in enumerate(m.tolist()):
-        if torch.equal(ref_paste[i], our_paste[i]):
+    ref_paste, our_paste = paste_boxes(ref["boxes"]), paste_boxes(ours["boxes"])
+    for i, j in zip(ri.tolist(), oi.tolist()):
+        if torch.equal(ref_paste[i], our_paste[j]):
             diff = mask_difference(ours["masks"][j], ref["masks"][i], [ref_paste[i]])
             MAXIMA.update(f"{family(case)}: mask", diff, case)
         else:
             repasted = paste_masks_in_image(ref_masks28[i][None, None], ours["boxes"][j][None], image_size)[0, 0]
-            diff = mask_difference(ours["masks"][j], repasted, [ref_paste[i], our_paste[i]])
+            diff = mask_difference(ours["masks"][j], repasted, [ref_paste[i], our_paste[j]])
             MAXIMA.update(f"{family(case)}: mask, paste box moved (repasted)", diff, case)
             MAXIMA.count("paste box moved by a pixel", f"{case} detection {i}")
         assert diff <= MASK_ATOL, f"{case}: mask of detection {i} differs by {diff * 255:.2f}/255"
 
 
-def compare(case: str, images: list[torch.Tensor], ref: Run, ours: Run, box_scale: float = 1.0,
-            score_atol: float = SCORE_ATOL) -> None:
+def compare(case: str, images: list[torch.Tensor], ref: Run, ours: Run, score_thresh: float,
+            box_scale: float = 1.0, score_atol: float = SCORE_ATOL) -> None:
     """Everything the issue asks for, for every image of one batch. `box_scale` (a factor on
     the box limit) and `score_atol` widen the limits for ResNet-101 only (see there)."""
     fam = family(case)
@@ -262,11 +264,12 @@ def compare(case: str, images: list[torch.Tensor], ref: Run, ours: Run, box_scal
         name = f"{case} image {k} ({original[0]}x{original[1]})" if len(images) > 1 else case
 
         # RPN proposals as sets: float rounding reorders near-equal objectness. The counts may
-        # differ when fewer than rpn_post_nms_top_n survive NMS: seen on v1-320 299x398, where
-        # two level-1 anchors 2e-6 apart in logit swap places at rank 1000 of the pre-NMS top-k
-        # (ours and torchvision's logits differ by ~1e-6); ours survives NMS, torchvision's
-        # candidate is suppressed, so ours has 930 proposals and torchvision 929. Each side's
-        # proposals must then still have counterparts on the other side.
+        # differ when fewer than rpn_post_nms_top_n survive NMS. Seen on v1 at 320/533 with
+        # 1,000 proposals, 299x398: two level-1 anchors 2e-6 apart in logit swap places at rank
+        # 1000 of the pre-NMS top-k (ours and torchvision's logits differ by ~1e-6); ours
+        # survives NMS, torchvision's candidate is suppressed, so ours has 930 proposals and
+        # torchvision 929 (3 more sizes alike). With a top-n cut reached, the swap shows as one
+        # unmatched proposal instead. Each side's proposals must have counterparts on the other.
         theirs_p, ours_p = ref.proposals[k], ours.proposals[k]
         nearest = proposals_nearest(theirs_p, ours_p)
         close = nearest <= PROPOSAL_ATOL
@@ -280,30 +283,44 @@ def compare(case: str, images: list[torch.Tensor], ref: Run, ours: Run, box_scal
         assert back.float().mean() >= PROPOSAL_FRACTION, f"{name}: {int((~back).sum())} of our {len(back)} proposals unmatched"
 
         r, o = ref.detections[k], ours.detections[k]
-        assert len(o["boxes"]) == len(r["boxes"]), f"{name}: {len(o['boxes'])} detections, torchvision {len(r['boxes'])}"
-        assert sorted(o["labels"].tolist()) == sorted(r["labels"].tolist()), name
         MAXIMA.update(f"{fam}: detections per image", len(r["boxes"]), name)
-        if len(r["boxes"]) == 0:
+        ri, oi = pair_detections(r, o)
+        # The same detections on both sides, but for one legitimate exception: a detection
+        # whose score lies within float rounding (SCORE_ATOL) of a cut, box_score_thresh
+        # (applied as score > thresh) or the per-image cap (the lowest score kept when
+        # DETECTIONS_PER_IMG are returned), may be kept on one side only. Not seen here so far
+        # (the events are listed in the summary); another CPU rounds differently.
+        for side, dets, paired in (("torchvision", r, ri), ("ours", o, oi)):
+            for i in sorted(set(range(len(dets["boxes"]))) - set(paired.tolist())):
+                score = dets["scores"][i].item()
+                at_thresh = abs(score - score_thresh) <= SCORE_ATOL
+                at_cap = len(dets["boxes"]) == DETECTIONS_PER_IMG and score - dets["scores"].min().item() <= SCORE_ATOL
+                assert at_thresh or at_cap, (
+                    f"{name}: {side}'s detection {i} (label {int(dets['labels'][i])}, score {score:.6f}, "
+                    f"box {[round(v, 2) for v in dets['boxes'][i].tolist()]}) has no counterpart; "
+                    f"torchvision {len(r['boxes'])} detections, ours {len(o['boxes'])}")
+                MAXIMA.count("detection at a cut on one side only", f"{name}: {side}'s, score {score:.6f}")
+        if len(ri) == 0:
             continue
-        m = match_detections(r, o)
-        box_diff = (o["boxes"][m] - r["boxes"]).abs().max().item()
+        box_diff = (o["boxes"][oi] - r["boxes"][ri]).abs().max().item()
         resized = ref.image_sizes[k]
         ratio = max(original[0] / resized[0], original[1] / resized[1])
         MAXIMA.update(f"{fam}: box px (original image)", box_diff, name)
         MAXIMA.update(f"{fam}: box px (model's resolution)", box_diff / ratio, name)
         limit = box_atol(original, resized) * box_scale
         assert box_diff <= limit, f"{name}: boxes differ by {box_diff:.3g} px (limit {limit:.3g})"
-        score_diff = (o["scores"][m] - r["scores"]).abs().max().item()
+        score_diff = (o["scores"][oi] - r["scores"][ri]).abs().max().item()
         MAXIMA.update(f"{fam}: score", score_diff, name)
         assert score_diff <= score_atol, f"{name}: scores differ by {score_diff:.3g} (limit {score_atol:.3g})"
-        check_masks(name, r, o, m, ref.masks28[k], original)
+        check_masks(name, r, o, ri, oi, ref.masks28[k], original)
 
 
 def run_both(setting: str, sizes: list[tuple[int, int]]) -> None:
     tv, ours = models(setting)
     images = [image_for(s) for s in sizes]
     label = " + ".join(f"{h}x{w}" for h, w in sizes)
-    compare(f"{setting} {label}", images, run_model(tv, images), run_model(ours, images))
+    compare(f"{setting} {label}", images, run_model(tv, images), run_model(ours, images),
+            score_thresh=SCORE_THRESH[SETTINGS[setting][0]])
 
 
 def size_id(size) -> str:
@@ -372,5 +389,5 @@ def test_resnet101_fpn_matches_torchvision(setting, sizes):
     tv, ours = models(setting)
     images = [image_for(s) for s in sizes]
     case = f"{setting} " + " + ".join(map(size_id, sizes))
-    compare(case, images, run_model(tv, images), run_model(ours, images),
+    compare(case, images, run_model(tv, images), run_model(ours, images), score_thresh=SCORE_THRESH["r101"],
             box_scale=R101_BOX_ATOL / BOX_ATOL, score_atol=R101_SCORE_ATOL)

@@ -1,7 +1,11 @@
-"""Training mode against torchvision 0.29.1: the five losses and the heads' gradients.
+"""Training mode against torchvision 0.29.1: the five losses and the gradients.
 
-Same seeded weights (the parity fixtures' recipe), same images and targets; each side runs one
-forward in train mode and one backward of the sum of its losses.
+Same seeded weights (the parity fixtures' recipe), same images and targets (two images of
+different sizes, 3 and 4 gt boxes with masks); each side runs one forward in train mode and one
+backward of the sum of its losses. Compared: every loss, and the gradient of every parameter
+both sides train: the RPN head, box head and predictor, mask head and predictor, and also the
+FPN and ResNet layers 2-4 (torchvision's weights=None model trains all 5 stages; ours, as the
+published model, freezes the stem and layer1).
 
 Making the two sides' random sampling identical: both sample anchors (RPN) and proposals (RoI
 heads) with randperm, in different orders. With rpn_batch_size_per_image and
