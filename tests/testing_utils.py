@@ -45,3 +45,17 @@ def small_detectron2_state_dict(num_classes: int = 81) -> dict:
     names = [k for k, _, _ in json.loads((FIXTURES / "detectron2_parity" / "keys.json").read_text())]
     return seeded_state_dict([[k, list(own[detectron2_key_to_ours(k)].shape), "float32"] for k in names],
                              DETECTRON2_RECIPE)
+
+
+def spread_output_layers(model) -> None:
+    """Seeded output layers (4 classes) that spread the scores on both sides of 0.5 and give
+    masks of varying shape: untrained heads score every box about 1/K. Draws from torch's
+    global generator, so seed it first."""
+    with torch.no_grad():
+        box = model.roi_heads.box_predictor
+        box.cls_score.weight.normal_(0, 2.0)
+        box.cls_score.bias.copy_(torch.tensor([0.0, 1.0, 0.8, 0.6]))
+        box.bbox_pred.weight.normal_(0, 0.05)
+        mask = model.roi_heads.mask_head.predictor
+        mask.weight.normal_(0, 0.5)
+        mask.bias.zero_()

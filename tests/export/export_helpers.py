@@ -6,6 +6,7 @@ import torch
 
 from maskrcnn import build_preset
 from maskrcnn.ops import box_iou
+from testing_utils import spread_output_layers
 
 CLASS_NAMES = ["circle", "square", "triangle"]
 CATEGORY_IDS = {1: 11, 2: 12, 3: 17}
@@ -23,14 +24,7 @@ def make_small_model(variant: str = "v1", seed: int = 0):
     and give masks of varying shape (untrained heads score every box about 1/K)."""
     torch.manual_seed(seed)
     model = build_preset("maskrcnn_resnet18_small", variant=variant, **SMALL_OPTIONS)
-    with torch.no_grad():
-        box = model.roi_heads.box_predictor
-        box.cls_score.weight.normal_(0, 2.0)
-        box.cls_score.bias.copy_(torch.tensor([0.0, 1.0, 0.8, 0.6]))
-        box.bbox_pred.weight.normal_(0, 0.05)
-        mask = model.roi_heads.mask_head.predictor
-        mask.weight.normal_(0, 0.5)
-        mask.bias.zero_()
+    spread_output_layers(model)
     return model.eval()
 
 

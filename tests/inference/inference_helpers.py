@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from maskrcnn import build_preset
+from testing_utils import spread_output_layers
 
 CLASS_NAMES = ["circle", "square", "triangle"]
 # small RPN/detection budgets keep one forward well under a second on 2 cores
@@ -23,14 +24,7 @@ TINY_OPTIONS = dict(
 def make_tiny_model(seed: int = 0):
     torch.manual_seed(seed)
     model = build_preset("maskrcnn_resnet18_small", **TINY_OPTIONS)
-    with torch.no_grad():
-        box = model.roi_heads.box_predictor
-        box.cls_score.weight.normal_(0, 2.0)
-        box.cls_score.bias.copy_(torch.tensor([0.0, 1.0, 0.8, 0.6]))
-        box.bbox_pred.weight.normal_(0, 0.05)
-        mask = model.roi_heads.mask_head.predictor
-        mask.weight.normal_(0, 0.5)
-        mask.bias.zero_()
+    spread_output_layers(model)
     return model.eval()
 
 
