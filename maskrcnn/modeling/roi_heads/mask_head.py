@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import mask_targets
-from ..layers import NormFactory, conv_stack, init_for_relu
+from ..layers import NormFactory, conv_stack, full_precision, init_for_relu
 
 
 class MaskHead(nn.Module):
@@ -46,7 +46,7 @@ class MaskHead(nn.Module):
 def select_class(mask_logits: Tensor, labels: Tensor, first_class: int = 0) -> Tensor:
     """(R, K, M, M) logits, (R,) labels -> (R, M, M) logits of each RoI's class (channel
     label - first_class: 1 when the head has no background channel)."""
-    return mask_logits[torch.arange(labels.shape[0], device=labels.device), labels - first_class]
+    return full_precision(mask_logits[torch.arange(labels.shape[0], device=labels.device), labels - first_class])
 
 
 def mask_loss(
