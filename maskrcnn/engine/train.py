@@ -20,6 +20,7 @@ CUDA and gloo on CPU; `solver.batch_size` is the total over all processes; only 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import sys
 import time
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from ..checkpoint.native import save_model
 from ..data import CocoDataset, DataError, RandomHorizontalFlip, collate_fn, write_json_atomic
+from ..io import check_writable, describe_os_error
 from ..modeling.build import PRESETS, ModelConfig, build_model
 from ..modeling.mask_rcnn import MaskRCNN
 from . import distributed
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+    parser.add_argument("--accept-changed-run", action="store_true",
+                        help="with --resume: continue even though solver.batch_size, train.seed or the training "
+                             "data differ from the checkpoint's (the run is then not the one that was started)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad images/annotations and report how many")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
@@ -76,25 +81,32 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.skip_bad:
             cfg.data.skip_bad = True
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, accept_changed_run=args.accept_changed_run)
     except NonFiniteLossError as e:
         print(f"maskrcnn train: {e}", file=sys.stderr)
         return 3
     except (ConfigError, DataError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"maskrcnn train: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission denied, read-only file system: say so, with the path
+        print(f"maskrcnn train: {describe_os_error(e, e.filename) if e.filename else e}", file=sys.stderr)
+        return 2
     if result.final_weights is not None:
         print(f"done: {result.iteration} iterations; weights {result.final_weights}")
     return 0
 
 
-def train(cfg: Config, *, resume: bool = False) -> TrainResult:
-    """Train as `cfg` says; joins (and leaves) the process group when launched by torchrun."""
+def train(cfg: Config, *, resume: bool = False, accept_changed_run: bool = False) -> TrainResult:
+    """Train as `cfg` says; joins (and leaves) the process group when launched by torchrun.
+
+    resume: continue from the last checkpoint in train.output_dir. It is refused (ConfigError)
+    when the batch size, the seed or the training data (annotation file contents, image list)
+    differ from the checkpoint's, unless `accept_changed_run`."""
     info = distributed.env_info()
     device = select_device(cfg.train.device, info)
     distributed.init(device, info)
     try:
-        return _train(cfg, resume, info, device)
+        return _train(cfg, resume, info, device, accept_changed_run)
     finally:
         distributed.shutdown()
 
@@ -113,9 +125,9 @@ def select_device(name: str, info: distributed.DistInfo) -> torch.device:
 
 def build_datasets(cfg: Config) -> tuple[CocoDataset, CocoDataset | None]:
     d = cfg.data
-    train_set = CocoDataset(d.train_annotations, d.train_images,
-                            transforms=RandomHorizontalFlip(d.hflip_prob), skip_bad=d.skip_bad)
-    val_set = CocoDataset(d.val_annotations, d.val_images, skip_bad=d.skip_bad) if d.val_annotations else None
+    files = dict(skip_bad=d.skip_bad, check_files=d.check_files, allow_outside_image_dir=d.allow_outside_image_dir)
+    train_set = CocoDataset(d.train_annotations, d.train_images, transforms=RandomHorizontalFlip(d.hflip_prob), **files)
+    val_set = CocoDataset(d.val_annotations, d.val_images, **files) if d.val_annotations else None
     if d.skip_bad:
         # Find unreadable images now, in this process: skips found later inside DataLoader
         # workers could not be counted, and in evaluation a bad image would be replaced by its
@@ -138,7 +150,36 @@ def build_training_model(cfg: Config, train_set: CocoDataset) -> MaskRCNN:
     return build_model(ModelConfig.from_dict(options))
 
 
-def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.device) -> TrainResult:
+def data_fingerprint(dataset: CocoDataset) -> dict[str, str]:
+    """SHA-256 of the annotation file's bytes and of the image list (file names in dataset
+    order): what a resumed run must train on to continue the same run."""
+    names = "\n".join(str(dataset.image_info(i)["file_name"]) for i in range(len(dataset)))
+    return {"annotations_sha256": hashlib.sha256(Path(dataset.annotation_file).read_bytes()).hexdigest(),
+            "images_sha256": hashlib.sha256(names.encode("utf-8")).hexdigest(), "num_images": str(len(dataset))}
+
+
+def check_same_run(state: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    """Raise ConfigError listing what differs between a checkpoint's run and this config."""
+    labels = {"batch_size": "solver.batch_size", "seed": "train.seed", "data": "the training data"}
+    changed = []
+    for key, label in labels.items():
+        if key in state and state[key] != current[key]:
+            was, now = state[key], current[key]
+            if key == "data":
+                what = [k for k in now if was.get(k) != now[k]]
+                changed.append(f"{label} ({', '.join(w.replace('_sha256', '') for w in what)} changed since the "
+                               f"checkpoint; {current['data_source']})")
+            else:
+                changed.append(f"{label} (checkpoint {was}, config now {now})")
+    if changed:
+        raise ConfigError(f"--resume from {checkpoint}: this is not the run that was checkpointed: "
+                          f"{'; '.join(changed)}. Restore the old settings, start a new train.output_dir, or pass "
+                          "--accept-changed-run to continue anyway (the data order and schedule then differ "
+                          "from an uninterrupted run)")
+
+
+def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.device,
+           accept_changed_run: bool = False) -> TrainResult:
     require_data(cfg)
     s, t = cfg.solver, cfg.train
     if s.batch_size % info.world_size:
@@ -151,11 +192,15 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     np.random.seed((t.seed + info.rank) % 2**32)
     random.seed(t.seed + info.rank)
     out = Path(t.output_dir)
+    if info.is_main:  # an unwritable output folder found now, not at the first checkpoint
+        check_writable(out, folder=True)
+
     def log(message: str, file=None) -> None:  # rank 0 only; tqdm.write keeps the bar intact
         if info.is_main:
             tqdm.write(message, file=file)
 
     train_set, val_set = build_datasets(cfg)
+    fingerprint = data_fingerprint(train_set)
     model = build_training_model(cfg, train_set).to(device)
     optimizer = build_optimizer(model, s)
     scheduler = LRScheduler(optimizer, s)
@@ -173,6 +218,9 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     if resume and record is not None:
         # on the CPU: RNG states must be CPU tensors; the optimizer moves its own state to the params
         state = checkpointer.load(record, model, map_location="cpu")
+        if not accept_changed_run:
+            check_same_run(state, {"batch_size": s.batch_size, "seed": t.seed, "data": fingerprint,
+                                   "data_source": str(train_set.annotation_file)}, record["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -218,7 +266,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
             checkpointer.save(done, model, {
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng, "world_size": info.world_size,
-                "batch_size": s.batch_size, "seed": t.seed,
+                "batch_size": s.batch_size, "seed": t.seed, "data": fingerprint,
             })
 
     def evaluate(done: int) -> dict[str, Any]:

@@ -401,8 +401,8 @@ def _load_file(path: Path, variant: str | None, options: dict) -> tuple[MaskRCNN
     config_file = config_path_for(path)
     if path.suffix == ".safetensors" and config_file.is_file():
         try:
-            meta = json.loads(config_file.read_text())
-        except json.JSONDecodeError as e:
+            meta = json.loads(config_file.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{config_file} (the config of {path.name}) is not valid JSON: {e}") from None
         if isinstance(meta, dict) and meta.get("format") == "maskrcnn":
             if variant not in (None, meta["config"].get("variant")):

@@ -19,6 +19,7 @@ none), never a truncated one.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..io import atomic_open, atomic_write, decode_kaggle_rle, encode_kaggle_rle, write_json_atomic
+from ..io import atomic_open, atomic_write, decode_kaggle_rle, encode_kaggle_rle, read_text, write_json_atomic
 
 __all__ = [
     "KAGGLE_CSV_HEADER",
@@ -286,29 +287,30 @@ def read_rle_csv(
     row has empty EncodedPixels maps to a (0, H, W) array. Errors name the file and line.
     """
     per_image: dict[str, list[np.ndarray]] = {}
-    # utf-8-sig: CSVs saved by spreadsheet programs start with a byte-order mark
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header[:2]) != KAGGLE_CSV_HEADER:
-            raise ValueError(f"{path}: expected the header 'ImageId,EncodedPixels', got {header!r}")
-        for row in reader:
-            if not row:
-                continue
-            where = f"{path}, line {reader.line_num}"
-            image_id, encoded = row[0], (row[1] if len(row) > 1 else "")
-            if isinstance(shapes, Mapping):
-                if image_id not in shapes:
-                    raise ValueError(f"{where}: no shape given for image {image_id!r}")
-                shape = shapes[image_id]
-            else:
-                shape = shapes
-            masks = per_image.setdefault(image_id, [])
-            try:
-                if encoded.strip():
-                    masks.append(decode_kaggle_rle(encoded, shape))
-            except ValueError as e:
-                raise ValueError(f"{where}, image {image_id!r}: {e}") from None
+    # read_text: a byte-order mark (spreadsheet programs write one) picks UTF-8/16/32; other
+    # encodings are refused by name (DataError, a ValueError) instead of a UnicodeDecodeError
+    text = read_text(path, what="RLE CSV file")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header[:2]) != KAGGLE_CSV_HEADER:
+        raise ValueError(f"{path}: expected the header 'ImageId,EncodedPixels', got {header!r}")
+    for row in reader:
+        if not row:
+            continue
+        where = f"{path}, line {reader.line_num}"
+        image_id, encoded = row[0], (row[1] if len(row) > 1 else "")
+        if isinstance(shapes, Mapping):
+            if image_id not in shapes:
+                raise ValueError(f"{where}: no shape given for image {image_id!r}")
+            shape = shapes[image_id]
+        else:
+            shape = shapes
+        masks = per_image.setdefault(image_id, [])
+        try:
+            if encoded.strip():
+                masks.append(decode_kaggle_rle(encoded, shape))
+        except ValueError as e:
+            raise ValueError(f"{where}, image {image_id!r}: {e}") from None
     result = {}
     for image_id, masks in per_image.items():
         shape = shapes[image_id] if isinstance(shapes, Mapping) else shapes
