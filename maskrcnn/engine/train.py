@@ -42,6 +42,7 @@ from ..modeling.build import PRESETS, ModelConfig, build_model
 from ..modeling.mask_rcnn import MaskRCNN
 from . import distributed
 from .checkpointer import Checkpointer, capture_rng_state, load_initial_weights, restore_rng_state
+from .divergence import LossHistory, nan_message
 from .config import Config, ConfigError, load_config, require_data
 from .metrics import MetricsWriter
 from .sampler import SeededSamples, TrainingSampler
@@ -225,6 +226,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_iter = record["iteration"]
+        checkpointer.protect = record.get("healthy")
         rng = state["rng"]
         if len(rng) == info.world_size:
             restore_rng_state(rng[info.rank])
@@ -288,6 +290,8 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     window_start = time.perf_counter()
     data_iter = iter(loader)
     eval_results: dict[str, Any] = {}
+    history = LossHistory()  # for the NaN guard's choice of checkpoint (divergence.py)
+    saved: set[int] = set()
     for it in range(start_iter, s.max_iter):
         done = it + 1  # iterations completed after this step; checkpoints and logs use it
         images, targets = next(data_iter)
@@ -302,10 +306,15 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
         # NaN guard, before backward so no bad gradient reaches the weights. The mean over
         # processes is NaN everywhere if it is NaN anywhere, so all processes stop together.
         values = distributed.all_reduce_mean(torch.stack([v.detach().float() for v in losses.values()]))
+        history.add(done, float(values.sum()))
         if not torch.isfinite(values).all():
             bar.close()
             metrics.close()
-            raise NonFiniteLossError(_nan_message(done, dict(zip(losses, values.tolist())), checkpointer))
+            message = (nan_message(done, dict(zip(losses, values.tolist())), checkpointer, history, start_iter + 1, s)
+                       if info.is_main else f"non-finite loss at iteration {done}")
+            raise NonFiniteLossError(message)
+        if done - 1 in saved and not history.is_high(done):
+            checkpointer.protect = done - 1  # its weights gave a normal loss: keep it until a newer one does
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -336,6 +345,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
                 window, window_count, window_start = {}, 0, time.perf_counter()
         if done % t.checkpoint_period == 0 or done == s.max_iter:
             save_checkpoint(done)
+            saved.add(done)
         if evaluator is not None and t.eval_period and done % t.eval_period == 0 and done != s.max_iter:
             eval_results = evaluate(done)
     bar.close()
@@ -355,17 +365,6 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     metrics.close()
     return TrainResult(model=model, iteration=s.max_iter, output_dir=out, final_weights=final_weights,
                        eval_results=eval_results, skipped=skipped)
-
-
-def _nan_message(iteration: int, values: dict[str, float], checkpointer: Checkpointer) -> str:
-    terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-    bad = ", ".join(k for k, v in values.items() if not np.isfinite(v))
-    record = checkpointer.latest()
-    where = (f"the last good checkpoint is {record['model']} (iteration {record['iteration']}), unchanged; "
-             "continue from it with --resume") if record else "no checkpoint had been written yet"
-    return (f"non-finite loss at iteration {iteration} ({bad} not finite): {terms}. Training stopped; {where}. "
-            "Usual causes: a learning rate too high for the batch size (lower solver.base_lr or lengthen "
-            "solver.warmup_iters), no gradient clipping (set solver.clip_grad_norm), or bad annotations.")
 
 
 def _make_evaluator(train_set: CocoDataset, val_set: CocoDataset):
