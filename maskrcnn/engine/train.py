@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maskrcnn train: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permission denied, read-only file system: say so, with the path
-        print(f"maskrcnn train: {describe_os_error(e, e.filename) if e.filename else e}", file=sys.stderr)
+        print(f"maskrcnn train: {describe_os_error(e, e.filename) if e.filename else e.strerror or e}", file=sys.stderr)
         return 2
     if result.final_weights is not None:
         print(f"done: {result.iteration} iterations; weights {result.final_weights}")

@@ -61,6 +61,7 @@ from maskrcnn.modeling.config_checks import CHECKS, ModelConfigError
 def test_out_of_range_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
+    assert type(info.value) is ConfigError
     assert message in str(info.value)
 
 
@@ -91,6 +92,7 @@ def test_the_valid_edges_are_accepted():
 def test_model_config_refuses_out_of_range_options_by_name(option, value):
     with pytest.raises(ModelConfigError) as info:
         ModelConfig(**{option: value})
+    assert type(info.value) is ModelConfigError
     assert info.value.key == option and str(info.value).startswith(f"{option} must be")
 
 
