@@ -291,7 +291,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     data_iter = iter(loader)
     eval_results: dict[str, Any] = {}
     history = LossHistory()  # for the NaN guard's choice of checkpoint (divergence.py)
-    saved: set[int] = set()
+    saved: set[int] = {start_iter} if start_iter else set()  # checkpoints of this run (and the resumed one)
     for it in range(start_iter, s.max_iter):
         done = it + 1  # iterations completed after this step; checkpoints and logs use it
         images, targets = next(data_iter)
