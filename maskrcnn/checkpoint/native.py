@@ -44,8 +44,8 @@ def read_config(path: str | Path) -> ModelConfig:
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: the model config {config_file} is missing (it is written beside the weights)")
     try:
-        meta = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(config_file.read_bytes())  # bytes: UTF-8/16/32 read, others refused below
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_file} is not valid JSON: {e}") from e
     if meta.get("format") != FORMAT:
         raise ValueError(f"{config_file} is not a maskrcnn model config (format={meta.get('format')!r})")

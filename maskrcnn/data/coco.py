@@ -45,6 +45,7 @@ from ..io import (
     load_image,
     open_image,
 )
+from ..ops.masks import chunk_ranges
 
 __all__ = ["CocoDataset", "DataError", "read_coco_json", "BOX_TOLERANCE"]
 
@@ -404,17 +405,20 @@ class CocoDataset(Dataset):
             raise DataError(f"image id {info['id']}: {e}") from None
         height, width = info["height"], info["width"]
         if anns:
-            try:
-                rles = [_to_rle(a["segmentation"], height, width) for a in anns]
-                decoded = mask_utils.decode(rles)  # (H, W, N), Fortran order
-            except Exception as e:  # pycocotools raises bare Exceptions on corrupt RLE strings
-                ids = [a["id"] for a in anns]
-                raise DataError(
-                    f"{self.annotation_file}: image id {info['id']} ({info['file_name']!r}): "
-                    f"cannot decode the masks of annotations {ids} ({e})"
-                ) from None
-            # (H, W, N) -> (N, H, W)
-            masks = torch.from_numpy(np.ascontiguousarray(decoded.transpose(2, 0, 1)))
+            masks = torch.empty((len(anns), height, width), dtype=torch.uint8)
+            # decoded a chunk at a time: pycocotools gives (H, W, N) and the (N, H, W) copy would
+            # double the memory of an image with thousands of instances
+            for part in chunk_ranges(len(anns), height * width):
+                try:
+                    rles = [_to_rle(a["segmentation"], height, width) for a in anns[part]]
+                    decoded = mask_utils.decode(rles)  # (H, W, n), Fortran order
+                except Exception as e:  # pycocotools raises bare Exceptions on corrupt RLE strings
+                    ids = [a["id"] for a in anns[part]]
+                    raise DataError(
+                        f"{self.annotation_file}: image id {info['id']} ({info['file_name']!r}): "
+                        f"cannot decode the masks of annotations {ids} ({e})"
+                    ) from None
+                masks[part] = torch.from_numpy(decoded.transpose(2, 0, 1))  # (H, W, n) -> (n, H, W)
         else:
             masks = torch.zeros((0, height, width), dtype=torch.uint8)
         target = {

@@ -104,6 +104,9 @@ class Checkpointer:
         self.directory = Path(directory)
         self.keep = keep
         self.metadata = dict(metadata or {})
+        # A checkpoint pruning must keep even beyond `keep`: the newest one known to have been
+        # followed by a normal loss (divergence.py), recorded in the pointer as "healthy".
+        self.protect: int | None = None
 
     @staticmethod
     def names(iteration: int) -> tuple[str, str]:
@@ -121,7 +124,7 @@ class Checkpointer:
             target = self.directory / state_name
             atomic_write(target, lambda tmp: _torch_save({"iteration": iteration, **state}, tmp))
             target = self.directory / POINTER
-            pointer = {"iteration": iteration, "model": model_name, "state": state_name}
+            pointer = {"iteration": iteration, "model": model_name, "state": state_name, "healthy": self.protect}
             write_json_atomic(pointer, target, indent=1)
         except Exception as e:
             number = os_error_errno(e)
@@ -159,10 +162,25 @@ class Checkpointer:
             hint = "; free disk space (or lower train.keep_checkpoints) and continue with --resume"
         return CheckpointWriteError(number, f"cannot save the checkpoint of iteration {iteration}: {what}; {kept}{hint}")
 
+    def iterations(self) -> list[int]:
+        """Iterations of the checkpoints whose weights are on disk, ascending."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.match(p.name)))
+
+    def point_to(self, iteration: int) -> None:
+        """Make `iteration`'s checkpoint the one --resume continues from (after a divergence)."""
+        model_name, state_name = self.names(iteration)
+        pointer = {"iteration": iteration, "model": model_name, "state": state_name, "healthy": iteration}
+        write_json_atomic(pointer, self.directory / POINTER, indent=1)
+
     def _prune(self, keep_name: str) -> None:
-        found = sorted((int(m.group(1)), p.name) for p in self.directory.iterdir() if (m := _NAME.match(p.name)))
+        current = int(_NAME.match(keep_name).group(1))
+        # checkpoints after the current one are from a diverged run resumed from an earlier
+        # checkpoint: they are overwritten when reached, and must not count as the newest K
+        found = [(i, self.names(i)[0]) for i in self.iterations() if i <= current]
         for iteration, name in found[: max(0, len(found) - self.keep)]:
-            if name == keep_name:
+            if name == keep_name or iteration == self.protect:
                 continue
             model_name, state_name = self.names(iteration)
             for stale in (model_name, Path(model_name).with_suffix(".json").name, state_name):
@@ -187,7 +205,8 @@ class Checkpointer:
         try:
             pointer = json.loads(pointer_path.read_text())
             record = {"iteration": int(pointer["iteration"]),
-                      "model": self.directory / pointer["model"], "state": self.directory / pointer["state"]}
+                      "model": self.directory / pointer["model"], "state": self.directory / pointer["state"],
+                      "healthy": pointer.get("healthy")}
         except (ValueError, KeyError, TypeError) as e:
             raise RuntimeError(f"{pointer_path} is not a valid checkpoint pointer ({e}); "
                                "delete it to start over, or point it at an existing model_*/state_* pair") from None

@@ -14,6 +14,7 @@ Values in overrides are parsed as YAML: `solver.steps=[600,800]`, `train.eval_pe
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -22,7 +23,9 @@ from typing import Any
 
 import yaml
 
+from ..io import DataError, read_text
 from ..modeling.build import PRESETS, ModelConfig
+from ..modeling.config_checks import ModelConfigError
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -43,6 +46,8 @@ class DataConfig:
     hflip_prob: float = 0.5
     num_workers: int = 2  # DataLoader worker processes per training process
     skip_bad: bool = False  # drop bad annotations/images (and count them) instead of stopping
+    check_files: bool = True  # every image's existence, header and size checked before training starts
+    allow_outside_image_dir: bool = False  # follow absolute / `..` file_names out of the image folder
 
 
 @dataclass
@@ -119,7 +124,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     if path is not None:
         path = resolve_config_path(path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(read_text(path, what="config file")) or {}
+        except DataError as e:  # not UTF-8 (nor UTF-16/32 with a byte-order mark), or unreadable
+            raise ConfigError(str(e)) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
@@ -253,25 +260,36 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
 def validate(cfg: Config) -> None:
     """Cross-field checks with messages that name the key."""
     s, t, d = cfg.solver, cfg.train, cfg.data
+    finite = math.isfinite
     checks = [
-        (s.batch_size >= 1, "solver.batch_size must be >= 1"),
-        (s.max_iter >= 1, "solver.max_iter must be >= 1"),
-        (s.base_lr > 0, "solver.base_lr must be > 0"),
+        (s.batch_size >= 1, f"solver.batch_size must be >= 1, got {s.batch_size}"),
+        (s.max_iter >= 1, f"solver.max_iter must be >= 1, got {s.max_iter}"),
+        (finite(s.base_lr) and s.base_lr > 0, f"solver.base_lr must be a finite number > 0, got {s.base_lr}"),
+        (finite(s.momentum) and 0 <= s.momentum < 1, f"solver.momentum must be in [0, 1), got {s.momentum}"),
+        (finite(s.weight_decay) and s.weight_decay >= 0,
+         f"solver.weight_decay must be a finite number >= 0, got {s.weight_decay}"),
+        (not s.nesterov or s.momentum > 0, "solver.nesterov needs solver.momentum > 0"),
         (s.schedule in ("step", "cosine"), f"solver.schedule must be 'step' or 'cosine', got {s.schedule!r}"),
+        (finite(s.gamma) and s.gamma > 0, f"solver.gamma must be a finite number > 0, got {s.gamma}"),
         (s.warmup_method in ("linear", "constant"),
          f"solver.warmup_method must be 'linear' or 'constant', got {s.warmup_method!r}"),
-        (0 < s.warmup_factor <= 1, "solver.warmup_factor must be in (0, 1]"),
-        (s.warmup_iters >= 0, "solver.warmup_iters must be >= 0"),
+        (0 < s.warmup_factor <= 1, f"solver.warmup_factor must be in (0, 1], got {s.warmup_factor}"),
+        (s.warmup_iters >= 0, f"solver.warmup_iters must be >= 0, got {s.warmup_iters}"),
+        (all(step >= 1 for step in s.steps), f"solver.steps must be iterations >= 1, got {s.steps}"),
         (list(s.steps) == sorted(s.steps), f"solver.steps must be increasing, got {s.steps}"),
-        (s.clip_grad_norm is None or s.clip_grad_norm > 0, "solver.clip_grad_norm must be > 0 or null"),
-        (t.checkpoint_period >= 1, "train.checkpoint_period must be >= 1"),
-        (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
-        (t.eval_period >= 0, "train.eval_period must be >= 0 (0: evaluate only at the end)"),
-        (t.log_period >= 1, "train.log_period must be >= 1"),
+        (s.clip_grad_norm is None or (finite(s.clip_grad_norm) and s.clip_grad_norm > 0),
+         f"solver.clip_grad_norm must be a finite number > 0 or null, got {s.clip_grad_norm}"),
+        (t.checkpoint_period >= 1, f"train.checkpoint_period must be >= 1, got {t.checkpoint_period}"),
+        (t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}"),
+        (t.eval_period >= 0, f"train.eval_period must be >= 0 (0: evaluate only at the end), got {t.eval_period}"),
+        (t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}"),
+        (t.log_period >= 1, f"train.log_period must be >= 1, got {t.log_period}"),
+        (t.num_threads >= 0, f"train.num_threads must be >= 0 (0: torch's default), got {t.num_threads}"),
         (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
          f"train.device must be auto, cpu or cuda, got {t.device!r}"),
-        (d.num_workers >= 0, "data.num_workers must be >= 0"),
-        (0.0 <= d.hflip_prob <= 1.0, "data.hflip_prob must be in [0, 1]"),
+        (bool(t.output_dir), "train.output_dir must not be empty"),
+        (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
+        (0.0 <= d.hflip_prob <= 1.0, f"data.hflip_prob must be in [0, 1], got {d.hflip_prob}"),
         ((d.val_annotations is None) == (d.val_images is None),
          "data.val_annotations and data.val_images go together: set both or neither"),
     ]
@@ -280,6 +298,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
     try:  # option types were checked above; this catches what ModelConfig itself rejects
         ModelConfig.from_dict({**PRESETS[cfg.preset], **cfg.model_overrides()})
+    except ModelConfigError as e:
+        raise ConfigError(f"model.{e}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None
 

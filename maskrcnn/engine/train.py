@@ -20,6 +20,7 @@ CUDA and gloo on CPU; `solver.batch_size` is the total over all processes; only 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import sys
 import time
@@ -36,10 +37,12 @@ from tqdm import tqdm
 
 from ..checkpoint.native import save_model
 from ..data import CocoDataset, DataError, RandomHorizontalFlip, collate_fn, write_json_atomic
+from ..io import check_writable, describe_os_error
 from ..modeling.build import PRESETS, ModelConfig, build_model
 from ..modeling.mask_rcnn import MaskRCNN
 from . import distributed
 from .checkpointer import Checkpointer, capture_rng_state, load_initial_weights, restore_rng_state
+from .divergence import LossHistory, nan_message
 from .config import Config, ConfigError, load_config, require_data
 from .metrics import MetricsWriter
 from .sampler import SeededSamples, TrainingSampler
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+    parser.add_argument("--accept-changed-run", action="store_true",
+                        help="with --resume: continue even though solver.batch_size, train.seed or the training "
+                             "data differ from the checkpoint's (the run is then not the one that was started)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad images/annotations and report how many")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
@@ -76,25 +82,32 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.skip_bad:
             cfg.data.skip_bad = True
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, accept_changed_run=args.accept_changed_run)
     except NonFiniteLossError as e:
         print(f"maskrcnn train: {e}", file=sys.stderr)
         return 3
     except (ConfigError, DataError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"maskrcnn train: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permission denied, read-only file system: say so, with the path
+        print(f"maskrcnn train: {describe_os_error(e, e.filename) if e.filename else e.strerror or e}", file=sys.stderr)
+        return 2
     if result.final_weights is not None:
         print(f"done: {result.iteration} iterations; weights {result.final_weights}")
     return 0
 
 
-def train(cfg: Config, *, resume: bool = False) -> TrainResult:
-    """Train as `cfg` says; joins (and leaves) the process group when launched by torchrun."""
+def train(cfg: Config, *, resume: bool = False, accept_changed_run: bool = False) -> TrainResult:
+    """Train as `cfg` says; joins (and leaves) the process group when launched by torchrun.
+
+    resume: continue from the last checkpoint in train.output_dir. It is refused (ConfigError)
+    when the batch size, the seed or the training data (annotation file contents, image list)
+    differ from the checkpoint's, unless `accept_changed_run`."""
     info = distributed.env_info()
     device = select_device(cfg.train.device, info)
     distributed.init(device, info)
     try:
-        return _train(cfg, resume, info, device)
+        return _train(cfg, resume, info, device, accept_changed_run)
     finally:
         distributed.shutdown()
 
@@ -113,9 +126,9 @@ def select_device(name: str, info: distributed.DistInfo) -> torch.device:
 
 def build_datasets(cfg: Config) -> tuple[CocoDataset, CocoDataset | None]:
     d = cfg.data
-    train_set = CocoDataset(d.train_annotations, d.train_images,
-                            transforms=RandomHorizontalFlip(d.hflip_prob), skip_bad=d.skip_bad)
-    val_set = CocoDataset(d.val_annotations, d.val_images, skip_bad=d.skip_bad) if d.val_annotations else None
+    files = dict(skip_bad=d.skip_bad, check_files=d.check_files, allow_outside_image_dir=d.allow_outside_image_dir)
+    train_set = CocoDataset(d.train_annotations, d.train_images, transforms=RandomHorizontalFlip(d.hflip_prob), **files)
+    val_set = CocoDataset(d.val_annotations, d.val_images, **files) if d.val_annotations else None
     if d.skip_bad:
         # Find unreadable images now, in this process: skips found later inside DataLoader
         # workers could not be counted, and in evaluation a bad image would be replaced by its
@@ -138,7 +151,36 @@ def build_training_model(cfg: Config, train_set: CocoDataset) -> MaskRCNN:
     return build_model(ModelConfig.from_dict(options))
 
 
-def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.device) -> TrainResult:
+def data_fingerprint(dataset: CocoDataset) -> dict[str, str]:
+    """SHA-256 of the annotation file's bytes and of the image list (file names in dataset
+    order): what a resumed run must train on to continue the same run."""
+    names = "\n".join(str(dataset.image_info(i)["file_name"]) for i in range(len(dataset)))
+    return {"annotations_sha256": hashlib.sha256(Path(dataset.annotation_file).read_bytes()).hexdigest(),
+            "images_sha256": hashlib.sha256(names.encode("utf-8")).hexdigest(), "num_images": str(len(dataset))}
+
+
+def check_same_run(state: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    """Raise ConfigError listing what differs between a checkpoint's run and this config."""
+    labels = {"batch_size": "solver.batch_size", "seed": "train.seed", "data": "the training data"}
+    changed = []
+    for key, label in labels.items():
+        if key in state and state[key] != current[key]:
+            was, now = state[key], current[key]
+            if key == "data":
+                what = [k for k in now if was.get(k) != now[k]]
+                changed.append(f"{label} ({', '.join(w.replace('_sha256', '') for w in what)} changed since the "
+                               f"checkpoint; {current['data_source']})")
+            else:
+                changed.append(f"{label} (checkpoint {was}, config now {now})")
+    if changed:
+        raise ConfigError(f"--resume from {checkpoint}: this is not the run that was checkpointed: "
+                          f"{'; '.join(changed)}. Restore the old settings, start a new train.output_dir, or pass "
+                          "--accept-changed-run to continue anyway (the data order and schedule then differ "
+                          "from an uninterrupted run)")
+
+
+def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.device,
+           accept_changed_run: bool = False) -> TrainResult:
     require_data(cfg)
     s, t = cfg.solver, cfg.train
     if s.batch_size % info.world_size:
@@ -151,11 +193,15 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     np.random.seed((t.seed + info.rank) % 2**32)
     random.seed(t.seed + info.rank)
     out = Path(t.output_dir)
+    if info.is_main:  # an unwritable output folder found now, not at the first checkpoint
+        check_writable(out, folder=True)
+
     def log(message: str, file=None) -> None:  # rank 0 only; tqdm.write keeps the bar intact
         if info.is_main:
             tqdm.write(message, file=file)
 
     train_set, val_set = build_datasets(cfg)
+    fingerprint = data_fingerprint(train_set)
     model = build_training_model(cfg, train_set).to(device)
     optimizer = build_optimizer(model, s)
     scheduler = LRScheduler(optimizer, s)
@@ -173,10 +219,14 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     if resume and record is not None:
         # on the CPU: RNG states must be CPU tensors; the optimizer moves its own state to the params
         state = checkpointer.load(record, model, map_location="cpu")
+        if not accept_changed_run:
+            check_same_run(state, {"batch_size": s.batch_size, "seed": t.seed, "data": fingerprint,
+                                   "data_source": str(train_set.annotation_file)}, record["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_iter = record["iteration"]
+        checkpointer.protect = record.get("healthy")
         rng = state["rng"]
         if len(rng) == info.world_size:
             restore_rng_state(rng[info.rank])
@@ -218,7 +268,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
             checkpointer.save(done, model, {
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng, "world_size": info.world_size,
-                "batch_size": s.batch_size, "seed": t.seed,
+                "batch_size": s.batch_size, "seed": t.seed, "data": fingerprint,
             })
 
     def evaluate(done: int) -> dict[str, Any]:
@@ -240,6 +290,8 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     window_start = time.perf_counter()
     data_iter = iter(loader)
     eval_results: dict[str, Any] = {}
+    history = LossHistory()  # for the NaN guard's choice of checkpoint (divergence.py)
+    saved: set[int] = {start_iter} if start_iter else set()  # checkpoints of this run (and the resumed one)
     for it in range(start_iter, s.max_iter):
         done = it + 1  # iterations completed after this step; checkpoints and logs use it
         images, targets = next(data_iter)
@@ -254,10 +306,15 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
         # NaN guard, before backward so no bad gradient reaches the weights. The mean over
         # processes is NaN everywhere if it is NaN anywhere, so all processes stop together.
         values = distributed.all_reduce_mean(torch.stack([v.detach().float() for v in losses.values()]))
+        history.add(done, float(values.sum()))
         if not torch.isfinite(values).all():
             bar.close()
             metrics.close()
-            raise NonFiniteLossError(_nan_message(done, dict(zip(losses, values.tolist())), checkpointer))
+            message = (nan_message(done, dict(zip(losses, values.tolist())), checkpointer, history, start_iter + 1, s)
+                       if info.is_main else f"non-finite loss at iteration {done}")
+            raise NonFiniteLossError(message)
+        if done - 1 in saved and not history.is_high(done):
+            checkpointer.protect = done - 1  # its weights gave a normal loss: keep it until a newer one does
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -288,6 +345,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
                 window, window_count, window_start = {}, 0, time.perf_counter()
         if done % t.checkpoint_period == 0 or done == s.max_iter:
             save_checkpoint(done)
+            saved.add(done)
         if evaluator is not None and t.eval_period and done % t.eval_period == 0 and done != s.max_iter:
             eval_results = evaluate(done)
     bar.close()
@@ -307,17 +365,6 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     metrics.close()
     return TrainResult(model=model, iteration=s.max_iter, output_dir=out, final_weights=final_weights,
                        eval_results=eval_results, skipped=skipped)
-
-
-def _nan_message(iteration: int, values: dict[str, float], checkpointer: Checkpointer) -> str:
-    terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-    bad = ", ".join(k for k, v in values.items() if not np.isfinite(v))
-    record = checkpointer.latest()
-    where = (f"the last good checkpoint is {record['model']} (iteration {record['iteration']}), unchanged; "
-             "continue from it with --resume") if record else "no checkpoint had been written yet"
-    return (f"non-finite loss at iteration {iteration} ({bad} not finite): {terms}. Training stopped; {where}. "
-            "Usual causes: a learning rate too high for the batch size (lower solver.base_lr or lengthen "
-            "solver.warmup_iters), no gradient clipping (set solver.clip_grad_norm), or bad annotations.")
 
 
 def _make_evaluator(train_set: CocoDataset, val_set: CocoDataset):

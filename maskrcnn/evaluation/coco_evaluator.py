@@ -39,8 +39,8 @@ def load_coco_gt(source: str | Path | dict | COCO) -> COCO:
         return source
     coco = COCO()
     if isinstance(source, (str, Path)):
-        with open(source) as f:
-            coco.dataset = json.load(f)
+        with open(source, "rb") as f:  # bytes: json reads UTF-8, -16 and -32, as read_coco_json
+            coco.dataset = json.loads(f.read())
     else:
         coco.dataset = copy.deepcopy(source)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -117,10 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou-types", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])
     parser.add_argument("--output", help="write the COCO results and the numbers under this folder")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    parser.add_argument("--allow-outside-image-dir", action="store_true",
+                        help="follow file_names that are absolute or climb out of --images with '..'")
+    parser.add_argument("--no-file-check", action="store_true",
+                        help="do not check every image file before evaluating (found when reached instead)")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
-        dataset = CocoDataset(args.data, args.images, skip_bad=args.skip_bad)
+        dataset = CocoDataset(args.data, args.images, skip_bad=args.skip_bad, check_files=not args.no_file_check,
+                              allow_outside_image_dir=args.allow_outside_image_dir)
         if args.skip_bad:
             # drop unreadable images up front: lazily, one would be replaced by its neighbour,
             # whose detections would then count twice

@@ -247,23 +247,28 @@ class Predictor:
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
                 batch = [images[i] for i in chunk]
-                for i, det in zip(chunk, self._forward(batch, score_threshold)):
+                for i, det in zip(chunk, self._forward(batch, score_threshold, mask_threshold)):
                     results[i] = self._to_result(det, images[i], sources[i], mask_threshold, keep_images)
         return results
 
     @torch.inference_mode()
-    def _forward(self, images: list[Tensor], score_threshold: float | None):
+    def _forward(self, images: list[Tensor], score_threshold: float | None, mask_threshold: float | None = None):
         # The override is passed down to the box post-processing, which runs before the mask
         # head: a caller's 0.5 means masks are computed and pasted only for what is returned,
         # not for every detection above the model's 0.05 (benchmarks/postprocess.py).
         batch = [img.to(self.device, torch.float32) for img in images]
+        if isinstance(self.model, MaskRCNN) and mask_threshold is not None:
+            # thresholded while pasting: a 50 MP image with 20 detections then holds 1 GB of
+            # bool masks instead of 4 GB of float ones
+            return self.model(batch, score_thresh=score_threshold, mask_threshold=mask_threshold).detections
         return self.model(batch, score_thresh=score_threshold).detections
 
     def _to_result(self, det, image: Tensor, source: str | None, mask_threshold: float | None,
                    keep_image: bool) -> Result:
         masks = det.masks
         if masks is not None:
-            masks = (masks >= mask_threshold) if mask_threshold is not None else masks.float()
+            if masks.dtype != torch.bool:  # bool: already thresholded while pasting
+                masks = (masks >= mask_threshold) if mask_threshold is not None else masks.float()
             masks = masks.cpu()
         labels = det.labels.cpu()
         label_names = self.label_names
@@ -401,8 +406,8 @@ def _load_file(path: Path, variant: str | None, options: dict) -> tuple[MaskRCNN
     config_file = config_path_for(path)
     if path.suffix == ".safetensors" and config_file.is_file():
         try:
-            meta = json.loads(config_file.read_text())
-        except json.JSONDecodeError as e:
+            meta = json.loads(config_file.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{config_file} (the config of {path.name}) is not valid JSON: {e}") from None
         if isinstance(meta, dict) and meta.get("format") == "maskrcnn":
             if variant not in (None, meta["config"].get("variant")):

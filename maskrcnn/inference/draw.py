@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from ..io import ImageSource, load_image
+from ..ops.masks import chunk_ranges
 from .outputs import label_map
 
 __all__ = ["draw_instances", "instance_colors"]
@@ -40,26 +41,45 @@ def instance_colors(num: int) -> np.ndarray:
     return np.round(np.array(colors, dtype=np.float64).reshape(num, 3) * 255).astype(np.uint8)
 
 
+# Float working copies of an image are made a band of rows of this size at a time.
+_BAND_BYTES = 32 * 2**20
+
+
 def _to_uint8_hwc(image: ImageSource | np.ndarray) -> np.ndarray:
     """Any image `load_image` accepts -> uint8 (H, W, 3)."""
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
         return image  # the common case, without a round trip through float
     chw = load_image(image, max_pixels=None, name="image to draw on")
-    return (chw * 255).round().to("cpu").byte().permute(1, 2, 0).numpy()
+    height, width = chw.shape[-2:]
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for rows in chunk_ranges(height, 3 * width, _BAND_BYTES):  # bands of rows: no image-sized float temporaries
+        out[rows] = (chw[:, rows] * 255).round().to("cpu").byte().permute(1, 2, 0).numpy()
+    return out
 
 
 def _outline(labels: np.ndarray, width: int) -> np.ndarray:
     """bool (H, W): pixels of an instance within `width` pixels of a different label (or of
     the image border), i.e. an outline drawn just inside each mask."""
     edge = np.zeros(labels.shape, dtype=bool)
-    inner = labels.copy()
+    # only compared for equality: the smallest type that holds the labels (a quarter of int32's
+    # memory on a 50 MP image with up to 255 instances)
+    top = int(labels.max()) if labels.size else 0
+    inner = labels.astype(np.uint8 if 0 <= top < 256 and labels.min() >= 0 else labels.dtype)
     for _ in range(width):  # peel one pixel-wide ring per step
-        padded = np.pad(inner, 1, constant_values=0)
-        centre = padded[1:-1, 1:-1]
-        ring = (
-            (centre != padded[:-2, 1:-1]) | (centre != padded[2:, 1:-1])
-            | (centre != padded[1:-1, :-2]) | (centre != padded[1:-1, 2:])
-        ) & (centre > 0)
+        # a pixel differs from a neighbour above/below/left/right, or lies on the border (whose
+        # outside counts as background); compared on shifted views, no padded copy of the labels
+        ring = np.zeros(labels.shape, dtype=bool)
+        ring[[0, -1], :] = True
+        ring[:, [0, -1]] = True
+        vertical = inner[1:] != inner[:-1]
+        ring[1:] |= vertical
+        ring[:-1] |= vertical
+        del vertical
+        horizontal = inner[:, 1:] != inner[:, :-1]
+        ring[:, 1:] |= horizontal
+        ring[:, :-1] |= horizontal
+        del horizontal
+        ring &= inner > 0
         edge |= ring
         inner[ring] = 0
     return edge
@@ -133,12 +153,15 @@ def draw_instances(
         rank = scores_np if scores_np is not None else -np.arange(num, dtype=np.float64)
         labels_map = label_map(m if m.dtype == np.bool_ else m >= mask_threshold, rank)  # (H, W) int32
         palette = np.concatenate([np.zeros((1, 3)), colors]).astype(np.float32)  # row 0: background
-        covered = labels_map > 0
-        blended = rgb.astype(np.float32)
-        blended[covered] = (1 - alpha) * blended[covered] + alpha * palette[labels_map[covered]]
         edge = _outline(labels_map, line)
-        blended[edge] = palette[labels_map[edge]]
-        out = np.rint(blended).clip(0, 255).astype(np.uint8)
+        out = np.empty_like(rgb)
+        for rows in chunk_ranges(height, 3 * width, _BAND_BYTES):  # bands of rows: float copies stay small
+            band_labels, band_edge = labels_map[rows], edge[rows]
+            covered = band_labels > 0
+            blended = rgb[rows].astype(np.float32)
+            blended[covered] = (1 - alpha) * blended[covered] + alpha * palette[band_labels[covered]]
+            blended[band_edge] = palette[band_labels[band_edge]]
+            out[rows] = np.clip(np.rint(blended, out=blended), 0, 255, out=blended)
 
     canvas = Image.fromarray(out)
     if not (show_boxes or show_labels) or num == 0:

@@ -19,6 +19,7 @@ none), never a truncated one.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +31,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..io import atomic_open, atomic_write, decode_kaggle_rle, encode_kaggle_rle, write_json_atomic
+from ..io import atomic_open, atomic_write, decode_kaggle_rle, encode_kaggle_rle, read_text, write_json_atomic
+from ..ops.masks import chunk_ranges
 
 __all__ = [
     "KAGGLE_CSV_HEADER",
@@ -72,12 +74,16 @@ def mask_to_rle(mask: ArrayLike, *, mask_threshold: float = 0.5) -> dict:
 
 
 def masks_to_rles(masks: ArrayLike, *, mask_threshold: float = 0.5) -> list[dict]:
-    """bool (R, H, W) masks -> R COCO compressed RLEs, encoded in one pycocotools call."""
+    """bool (R, H, W) masks -> R COCO compressed RLEs, encoded a chunk of masks per pycocotools
+    call (its (H, W, R) uint8 Fortran-order input is a copy: for all masks of a 50 MP image at
+    once, 1 GB)."""
     m = _binarize(_to_numpy(masks), mask_threshold)
     if m.ndim != 3:
         raise ValueError(f"masks_to_rles takes (R, H, W) masks, got shape {m.shape}")
-    # pycocotools wants (H, W, R) uint8 in Fortran order (it scans columns)
-    rles = mask_util.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8)))
+    rles = []
+    for part in chunk_ranges(m.shape[0], m.shape[1] * m.shape[2]):
+        # pycocotools wants (H, W, R) uint8 in Fortran order (it scans columns)
+        rles += mask_util.encode(np.asfortranarray(m[part].transpose(1, 2, 0), dtype=np.uint8))
     return [
         {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
         for rle in rles
@@ -192,11 +198,12 @@ def label_map(masks: ArrayLike, scores: ArrayLike, *, mask_threshold: float = 0.
         out = torch.zeros((height, width), dtype=torch.int32, device=m.device)
     else:
         order = torch.sort(s, descending=True, stable=True).indices  # stable: ties keep index order
-        # (R, H, W) bool in rank order, viewed as uint8 (no copy) so max() applies; max over the
-        # rank axis returns the FIRST maximal index, i.e. the best-ranked covering instance.
-        ranked = m[order].view(torch.uint8)
-        covered, first = ranked.max(dim=0)  # (H, W) each
-        out = torch.where(covered.bool(), order[first] + 1, 0).to(torch.int32)
+        # Painted from the worst-ranked to the best, so the best-ranked covering instance is
+        # written last; in place, one mask at a time (a rank-ordered copy of all masks was as
+        # large as the masks themselves: 1 GB for 20 on a 50 MP image).
+        out = torch.zeros((height, width), dtype=torch.int32, device=m.device)
+        for i in reversed(order.tolist()):
+            out.masked_fill_(m[i], i + 1)
     return out.cpu().numpy() if as_numpy else out
 
 
@@ -286,29 +293,30 @@ def read_rle_csv(
     row has empty EncodedPixels maps to a (0, H, W) array. Errors name the file and line.
     """
     per_image: dict[str, list[np.ndarray]] = {}
-    # utf-8-sig: CSVs saved by spreadsheet programs start with a byte-order mark
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header[:2]) != KAGGLE_CSV_HEADER:
-            raise ValueError(f"{path}: expected the header 'ImageId,EncodedPixels', got {header!r}")
-        for row in reader:
-            if not row:
-                continue
-            where = f"{path}, line {reader.line_num}"
-            image_id, encoded = row[0], (row[1] if len(row) > 1 else "")
-            if isinstance(shapes, Mapping):
-                if image_id not in shapes:
-                    raise ValueError(f"{where}: no shape given for image {image_id!r}")
-                shape = shapes[image_id]
-            else:
-                shape = shapes
-            masks = per_image.setdefault(image_id, [])
-            try:
-                if encoded.strip():
-                    masks.append(decode_kaggle_rle(encoded, shape))
-            except ValueError as e:
-                raise ValueError(f"{where}, image {image_id!r}: {e}") from None
+    # read_text: a byte-order mark (spreadsheet programs write one) picks UTF-8/16/32; other
+    # encodings are refused by name (DataError, a ValueError) instead of a UnicodeDecodeError
+    text = read_text(path, what="RLE CSV file")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header[:2]) != KAGGLE_CSV_HEADER:
+        raise ValueError(f"{path}: expected the header 'ImageId,EncodedPixels', got {header!r}")
+    for row in reader:
+        if not row:
+            continue
+        where = f"{path}, line {reader.line_num}"
+        image_id, encoded = row[0], (row[1] if len(row) > 1 else "")
+        if isinstance(shapes, Mapping):
+            if image_id not in shapes:
+                raise ValueError(f"{where}: no shape given for image {image_id!r}")
+            shape = shapes[image_id]
+        else:
+            shape = shapes
+        masks = per_image.setdefault(image_id, [])
+        try:
+            if encoded.strip():
+                masks.append(decode_kaggle_rle(encoded, shape))
+        except ValueError as e:
+            raise ValueError(f"{where}, image {image_id!r}: {e}") from None
     result = {}
     for image_id, masks in per_image.items():
         shape = shapes[image_id] if isinstance(shapes, Mapping) else shapes

@@ -15,6 +15,7 @@ from ..ops import MultiScaleRoIAlign, batched_nms, roi_align
 from .anchors import AnchorGenerator
 from .backbone.fpn import FPN, ResNetFPN
 from .backbone.resnet import ResNet
+from .config_checks import check_model_config
 from .layers import batch_norm, frozen_bn
 from .mask_rcnn import MaskRCNN
 from .roi_heads.box_head import BoxHead, BoxPredictor
@@ -83,6 +84,9 @@ class ModelConfig:
     first_label: int = 1  # label of the first class in outputs and targets; 0: Detectron2's class index
     clip_output_boxes: bool = False  # clip rescaled boxes to the image, drop empty ones (Detectron2)
     mask_paste: str = "torchvision"  # "detectron2": grid_sample at pixel centers (ops.paste_masks_detectron2)
+
+    def __post_init__(self) -> None:
+        check_model_config(self)  # every option range-checked; ModelConfigError names it
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":

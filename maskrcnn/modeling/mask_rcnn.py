@@ -82,17 +82,21 @@ class MaskRCNN(nn.Module):
         detections: bool | None = None,
         paste_masks: bool = True,
         score_thresh: float | None = None,
+        mask_threshold: float | None = None,
     ) -> MaskRCNNOutput:
         """`detections` defaults to "not training". `paste_masks=False` leaves masks as 28x28
         probabilities in `Detections.masks`. `score_thresh` overrides the box score threshold
-        for this call (a higher one also means fewer masks to compute)."""
+        for this call (a higher one also means fewer masks to compute). `mask_threshold`: pasted
+        masks are bool `probability >= mask_threshold` (thresholded while pasting, so a large
+        image never holds all its masks as floats); None keeps probabilities."""
         want_detections = (not self.training) if detections is None else detections
         batch, resized_targets = self.preprocess(images, targets)
         results, losses = self.run(batch, resized_targets, detections=want_detections, score_thresh=score_thresh)
         output = MaskRCNNOutput(losses=losses)
         if results is not None:
             original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-            output.detections = self.postprocess(results, batch.image_sizes, original_sizes, paste_masks=paste_masks)
+            output.detections = self.postprocess(results, batch.image_sizes, original_sizes, paste_masks=paste_masks,
+                                                 mask_threshold=mask_threshold)
         return output
 
     # The three steps of inference, for callers that need them apart (benchmarks, inspect,
@@ -158,6 +162,7 @@ class MaskRCNN(nn.Module):
         original_sizes: list[tuple[int, int]],
         *,
         paste_masks: bool = True,
+        mask_threshold: float | None = None,
     ) -> list[Detections]:
         """Boxes back to each original image's pixels (clipped, empty ones dropped, if
         `clip_output_boxes`); masks pasted at that size (unless not `paste_masks`: then they
@@ -174,7 +179,7 @@ class MaskRCNN(nn.Module):
                     masks = masks[keep] if masks is not None else None
             if masks is not None and paste_masks:
                 paste = paste_masks_detectron2 if self.mask_paste == "detectron2" else paste_masks_in_image
-                masks = paste(masks, boxes, original)
+                masks = paste(masks, boxes, original, threshold=mask_threshold)
             if self.first_label != 1:
                 labels = labels - (1 - self.first_label)
             out.append(Detections(boxes=boxes, scores=scores, labels=labels, masks=masks))

@@ -101,7 +101,7 @@ def test_sigkill_mid_run_then_resume(tiny_shapes, tmp_path):
                         load_file(str(out / "model_final.safetensors")))
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_shapes, tmp_path, monkeypatch, capsys):
+def test_nan_loss_stops_with_a_clear_message_and_points_at_the_good_checkpoint(tiny_shapes, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     real_forward = MaskRCNN.forward
     calls = {"n": 0}
@@ -119,9 +119,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_shape
     assert code == 3
     assert "non-finite loss at iteration 5" in err
     assert "loss_mask not finite" in err and "loss_classifier=" in err
-    assert "model_0000004.safetensors (iteration 4)" in err
+    # checkpoint 4's weights gave the NaN loss of iteration 5: the guard goes back to 2, whose
+    # weights gave the normal loss of iteration 3, and points --resume at it
+    assert "model_0000002.safetensors (iteration 2, finite weights)" in err
+    assert "solver.base_lr=0.001" in err and "solver.clip_grad_norm=10" in err
     record = Checkpointer(out).latest()
-    assert record["iteration"] == 4
+    assert record["iteration"] == 2
+    assert (out / "model_0000004.safetensors").is_file()  # left on disk
     model = load_native(record["model"])
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
     assert not (out / "model_final.safetensors").exists()

@@ -66,10 +66,10 @@ def test_a_model_failure_costs_only_that_image(tiny_weights, folder, tmp_path, c
     Image.fromarray(make_image(7, 96, 77)).save(folder / "poison.png")
     forward = api.Predictor._forward
 
-    def failing_forward(self, images, score_threshold):
+    def failing_forward(self, images, *thresholds):
         if any(img.shape[-1] == 77 for img in images):
             raise RuntimeError("simulated kernel failure")
-        return forward(self, images, score_threshold)
+        return forward(self, images, *thresholds)
 
     monkeypatch.setattr(api.Predictor, "_forward", failing_forward)
     out = tmp_path / "out"
@@ -122,11 +122,11 @@ def test_ctrl_c_keeps_the_finished_images(tiny_weights, folder, tmp_path, capsys
     forward = api.Predictor._forward
     calls = []
 
-    def interrupted(self, images, score_threshold):
+    def interrupted(self, images, *thresholds):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return forward(self, images, score_threshold)
+        return forward(self, images, *thresholds)
 
     monkeypatch.setattr(api.Predictor, "_forward", interrupted)
     out = tmp_path / "out"
