@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..cli import HelpFormatter
 from ..io import DataError, decode_kaggle_rle, image_sizes, inside_folder, read_text, write_json_atomic
 
 __all__ = [
@@ -413,14 +414,15 @@ def rle_csv_to_coco(
 def convert_main(argv: Sequence[str] | None = None) -> int:
     """`maskrcnn convert {labelme,masks,rle-csv} SRC --out FILE.json [...]`; returns an exit code."""
     parser = argparse.ArgumentParser(prog="maskrcnn convert",
-                                     description="Convert annotations into COCO instance JSON.")
+                                     description="Convert annotations into COCO instance JSON.",
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="format", required=True)
-    p = sub.add_parser("labelme", help="a folder of LabelMe .json files")
+    p = sub.add_parser("labelme", formatter_class=HelpFormatter, help="a folder of LabelMe .json files")
     p.add_argument("src", help="folder with LabelMe .json files and their images")
-    p = sub.add_parser("masks", help="per-instance mask PNGs: SRC/images/NAME.png + SRC/masks/NAME/CLASS_K.png")
+    p = sub.add_parser("masks", formatter_class=HelpFormatter, help="per-instance mask PNGs: SRC/images/NAME.png + SRC/masks/NAME/CLASS_K.png")
     p.add_argument("src", help="folder with images/ and masks/ (or the DSB-2018 layout)")
     p.add_argument("--default-class", default="object", help="class of masks not named CLASS_K.png")
-    p = sub.add_parser("rle-csv", help="Kaggle run-length CSV: ImageId,EncodedPixels")
+    p = sub.add_parser("rle-csv", formatter_class=HelpFormatter, help="Kaggle run-length CSV: ImageId,EncodedPixels")
     p.add_argument("src", help="the CSV file")
     p.add_argument("--images", required=True, help="folder with the images named in ImageId")
     p.add_argument("--class-name", default="object", help="name of the single class")

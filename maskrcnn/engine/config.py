@@ -284,6 +284,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model: {e}") from None
 
 
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, loadable again with `load_config` (`train --print-config`):
+    sections as blocks, lists on one line (`steps: [60000, 80000]`)."""
+    return yaml.dump(cfg.to_dict(), Dumper=_ConfigDumper, sort_keys=False)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    pass
+
+
+_ConfigDumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True))
+
+
 def require_data(cfg: Config) -> None:
     """Training needs data paths; checked when a run starts, not when a config is parsed."""
     if not cfg.data.train_annotations or not cfg.data.train_images:

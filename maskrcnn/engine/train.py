@@ -35,15 +35,24 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint.native import save_model
+from ..cli import HelpFormatter
+from ..io.progress import progress_bar
 from ..data import CocoDataset, DataError, RandomHorizontalFlip, collate_fn, write_json_atomic
 from ..modeling.build import PRESETS, ModelConfig, build_model
 from ..modeling.mask_rcnn import MaskRCNN
 from . import distributed
 from .checkpointer import Checkpointer, capture_rng_state, load_initial_weights, restore_rng_state
-from .config import Config, ConfigError, load_config, require_data
+from .config import Config, ConfigError, config_yaml, load_config, require_data
 from .metrics import MetricsWriter
 from .sampler import SeededSamples, TrainingSampler
 from .solver import LRScheduler, build_optimizer
+
+
+RANDOM_WEIGHTS_WARNING = (
+    "WARNING: training from RANDOM weights: model.weights is not set. That suits the synthetic "
+    "shapes demo; on real data it needs far more iterations and data to get anywhere. To fine-tune "
+    "from COCO weights: --config finetune_coco_to_custom.yaml, or model.weights=torchvision:maskrcnn_resnet50_fpn"
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,19 +72,24 @@ class TrainResult:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="maskrcnn train", description="Train Mask R-CNN from a YAML config.",
+        prog="maskrcnn train", description="Train Mask R-CNN from a YAML config.", formatter_class=HelpFormatter,
         epilog="Overrides: section.key=value, e.g. solver.base_lr=0.01 train.output_dir=runs/a. "
                "Configs shipped with maskrcnn can be named without a path: --config shapes_cpu.yaml.",
     )
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad images/annotations and report how many")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (the file with the overrides applied) as YAML and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         if args.skip_bad:
             cfg.data.skip_bad = True
+        if args.print_config:
+            print(config_yaml(cfg), end="")
+            return 0
         result = train(cfg, resume=args.resume)
     except NonFiniteLossError as e:
         print(f"maskrcnn train: {e}", file=sys.stderr)
@@ -189,6 +203,8 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
             log(f"no checkpoint in {out}; starting from iteration 0")
         if cfg.model["weights"]:
             log(load_initial_weights(model, cfg.model["weights"]))
+        else:
+            log(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
 
     train_model: torch.nn.Module = model
     if info.distributed:
@@ -233,8 +249,8 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
         + (f"; {len(train_set.skipped)} bad images/annotations skipped" if cfg.data.skip_bad else ""))
     train_model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(total=s.max_iter, initial=start_iter, desc="train", disable=not (info.is_main and t.progress),
-               dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(s.max_iter, "train", initial=start_iter, enabled=info.is_main and t.progress,
+                       dynamic_ncols=True, mininterval=1.0)
     window: dict[str, float] = {}  # loss sums since the last metrics record
     window_count = 0
     window_start = time.perf_counter()

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
+from ..cli import HelpFormatter
 from ..data import CocoDataset, DataError, collate_fn
 from ..engine import distributed
 from ..engine.sampler import shard_indices
+from ..io.progress import progress_bar
 from ..modeling.mask_rcnn import MaskRCNN
 from .coco_evaluator import COCOEvaluator, format_results
 
@@ -45,12 +46,15 @@ def run_evaluation(
     was_training = model.training
     model.eval()
     evaluator.reset()
+    bar = progress_bar(len(shard), "eval", unit="img", enabled=progress, leave=False)
     try:
         with torch.random.fork_rng(devices=[]):
-            for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
+            for images, targets in loader:
                 images = [img.to(device, non_blocking=True) for img in images]
                 output = model(images, detections=True)
                 evaluator.process(targets, output.detections)
+                bar.update(len(images))
+        bar.close()
         return evaluator.evaluate()
     finally:
         model.train(was_training)
@@ -106,7 +110,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="maskrcnn eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="maskrcnn eval", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--weights", required=True,
                         help="model .safetensors (with its .json), torchvision .pth, or Detectron2 .pkl / .pth")
     parser.add_argument("--data", required=True, help="COCO instances JSON with the ground truth")

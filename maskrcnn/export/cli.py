@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli import HelpFormatter
+
 __all__ = ["build_parser", "main"]
 
 
@@ -18,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskrcnn export",
         description="Export a Mask R-CNN to ONNX: normalize, resize, backbone, RPN, RoI heads and masks in one graph.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-w", "--weights", required=True,
                    help="model.safetensors (with its .json), a torchvision .pth/.safetensors, or "

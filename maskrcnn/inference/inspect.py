@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from ..cli import HelpFormatter
 from ..modeling.mask_rcnn import MaskRCNN
 from ..modeling.matcher import match_to_gt
 from ..ops import mask_targets, roi_align
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskrcnn inspect",
         description="Draw anchors, RPN proposals, sampled RoIs and 28x28 mask targets for one training image.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, type=Path, help="COCO instances JSON")
     p.add_argument("--images", required=True, type=Path, help="folder the JSON's file_names are relative to")

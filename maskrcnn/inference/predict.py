@@ -46,6 +46,8 @@ from typing import Any
 
 import torch
 
+from ..cli import HelpFormatter
+from ..io.progress import progress_bar
 from ..io import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskrcnn predict",
         description="Run Mask R-CNN on images; write COCO results JSON, overlays, label maps, RLE CSV.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("sources", nargs="+", metavar="SRC", help="image files, folders or glob patterns ('**' recurses)")
     p.add_argument("-w", "--weights", required=True,
@@ -255,8 +257,6 @@ def _key(path: Path) -> str:
 
 def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[Any],
          log: ProgressLog, say) -> int:
-    from tqdm import tqdm
-
     out: Path = args.out
     overlays, label_maps = not args.no_overlays, args.label_maps
 
@@ -279,8 +279,8 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
     stopped: int | None = None  # the signal that stopped the run
     fatal: str | None = None  # an output that cannot be written: every next image would fail too
     start = time.perf_counter()
-    bar = tqdm(total=len(paths), initial=earlier, unit="img", desc="predict",
-               disable=args.quiet or None, file=sys.stderr)
+    bar = progress_bar(len(paths), "predict", initial=earlier, unit="img", enabled=not args.quiet,
+                       file=sys.stderr)
 
     def fail(i: int, problem: str) -> None:
         failed.append((str(paths[i]), problem))
