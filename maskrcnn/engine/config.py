@@ -67,7 +67,7 @@ class SolverConfig:
 class TrainConfig:
     output_dir: str = "output"
     seed: int = 0
-    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda"
+    device: str = "auto"  # "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps"
     checkpoint_period: int = 5000  # iterations between checkpoints (and one at the end)
     keep_checkpoints: int = 3  # the last K periodic checkpoints stay on disk
     eval_period: int = 0  # iterations between evaluations on data.val_*; 0: only at the end
@@ -268,8 +268,8 @@ def validate(cfg: Config) -> None:
         (t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         (t.eval_period >= 0, "train.eval_period must be >= 0 (0: evaluate only at the end)"),
         (t.log_period >= 1, "train.log_period must be >= 1"),
-        (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
-         f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+        (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
+         f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t.device!r}"),
         (d.num_workers >= 0, "data.num_workers must be >= 0"),
         (0.0 <= d.hflip_prob <= 1.0, "data.hflip_prob must be in [0, 1]"),
         ((d.val_annotations is None) == (d.val_images is None),

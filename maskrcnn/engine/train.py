@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from ..checkpoint.native import save_model
 from ..cli import HelpFormatter
+from ..device import DeviceError, resolve_device
 from ..io.progress import progress_bar
 from ..data import CocoDataset, DataError, RandomHorizontalFlip, collate_fn, write_json_atomic
 from ..modeling.build import PRESETS, ModelConfig, build_model
@@ -114,15 +115,15 @@ def train(cfg: Config, *, resume: bool = False) -> TrainResult:
 
 
 def select_device(name: str, info: distributed.DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name} but CUDA is not available (use train.device=cpu)")
-        device = torch.device("cuda", info.local_rank) if name == "cuda" else torch.device(name)
+    """`train.device` by the package's one rule (maskrcnn.device); under torchrun "auto" and
+    "cuda" mean this process's GPU."""
+    try:
+        device = resolve_device(name, local_rank=info.local_rank)
+    except DeviceError as e:
+        raise ConfigError(f"train.device: {e}") from None
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
+    return device
 
 
 def build_datasets(cfg: Config) -> tuple[CocoDataset, CocoDataset | None]:

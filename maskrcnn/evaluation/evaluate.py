@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..cli import HelpFormatter
+from ..device import DEVICE_HELP, resolve_device
 from ..data import CocoDataset, DataError, collate_fn
 from ..engine import distributed
 from ..engine.sampler import shard_indices
@@ -100,15 +101,6 @@ def label_mapping(model: MaskRCNN, dataset: CocoDataset) -> dict[int, int] | Non
                      f"{dataset.num_classes} categories; evaluate on the data the model was trained for")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available")
-    return device
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maskrcnn eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
@@ -116,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="model .safetensors (with its .json), torchvision .pth, or Detectron2 .pkl / .pth")
     parser.add_argument("--data", required=True, help="COCO instances JSON with the ground truth")
     parser.add_argument("--images", required=True, help="folder the JSON's file_names are relative to")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: auto)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--iou-types", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     options = {} if args.score_threshold is None else {"box_score_thresh": args.score_threshold}
     try:
-        predictor = load_model(args.weights, variant=args.variant, **options)
+        predictor = load_model(args.weights, device="cpu", variant=args.variant, **options)  # exported on the CPU
     except Exception as e:  # the user's input: show it without a traceback
         say(f"maskrcnn export: cannot load --weights {args.weights}: {e}")
         return 2

@@ -38,6 +38,7 @@ from torch import Tensor
 from ..checkpoint.native import config_path_for, load_native
 from ..checkpoint.detectron2 import from_detectron2, is_detectron2_state_dict
 from ..checkpoint.torchvision import from_torchvision, read_state_dict
+from ..device import autocast, check_precision, resolve_device
 from ..io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..modeling.mask_rcnn import MaskRCNN
 from . import hub
@@ -154,12 +155,16 @@ class Predictor:
         self,
         model: MaskRCNN,
         *,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
         class_names: Sequence[str] | None = None,
         category_ids: Mapping[int, int] | Sequence[int] | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
-        self.device = torch.device(device)
+        if device == "auto" and not isinstance(model, torch.nn.Module):
+            device = "cpu"  # an exported graph runs in ONNX Runtime on the CPU
+        self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         names = class_names if class_names is not None else getattr(model, "class_names", None)
         if names is not None and len(names) != model.num_classes - 1:
@@ -182,7 +187,7 @@ class Predictor:
     def __repr__(self) -> str:
         c = self.model.config
         return (f"Predictor({c.variant}, depth={c.depth}, classes={self.model.num_classes - 1}, "
-                f"device={self.device})")
+                f"device={self.device}, precision={self.precision})")
 
     def predict(
         self,
@@ -257,7 +262,8 @@ class Predictor:
         # head: a caller's 0.5 means masks are computed and pasted only for what is returned,
         # not for every detection above the model's 0.05 (benchmarks/postprocess.py).
         batch = [img.to(self.device, torch.float32) for img in images]
-        return self.model(batch, score_thresh=score_threshold).detections
+        with autocast(self.precision, self.device):
+            return self.model(batch, score_thresh=score_threshold).detections
 
     def _to_result(self, det, image: Tensor, source: str | None, mask_threshold: float | None,
                    keep_image: bool) -> Result:
@@ -299,7 +305,8 @@ def _as_list(images: Any) -> list:
 def load_model(
     source: str | os.PathLike | MaskRCNN,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
     variant: str | None = None,
     class_names: Sequence[str] | None = None,
     category_ids: Mapping[int, int] | Sequence[int] | None = None,
@@ -309,6 +316,9 @@ def load_model(
 ) -> Predictor:
     """A `Predictor` from a checkpoint (see the module docstring for what is accepted).
 
+    device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps"
+        (`maskrcnn.device.resolve_device`; an unavailable one is a DeviceError, a ValueError).
+    precision: "fp32", or "fp16" (CUDA only): the forward under float16 autocast.
     variant: "v1" / "v2" for torchvision files (default: read from the state dict's layout).
     class_names: names of labels 1..K-1 (default: the checkpoint's; COCO's for torchvision
         checkpoints with 91 classes).
@@ -345,8 +355,8 @@ def load_model(
         if class_names is None and model.class_names is None and model.num_classes == len(hub.COCO_CATEGORY_NAMES):
             # 91 outputs is torchvision's COCO layout (label = COCO category id)
             class_names = hub.COCO_CATEGORY_NAMES[1:]
-    return Predictor(model, device=device, class_names=class_names, category_ids=category_ids,
-                     max_pixels=max_pixels)
+    return Predictor(model, device=device, precision=precision, class_names=class_names,
+                     category_ids=category_ids, max_pixels=max_pixels)
 
 
 def _load_detectron2(path: Path, state: dict, options: dict) -> tuple[MaskRCNN, dict]:

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from ..cli import HelpFormatter
+from ..device import DEVICE_HELP, PRECISIONS, DeviceError, check_precision, resolve_device
 from ..io.progress import progress_bar
 from ..io import (
     DEFAULT_MAX_PIXELS,
@@ -81,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "model zoo .pkl or .pth, or "
                         "torchvision:maskrcnn_resnet50_fpn / torchvision:maskrcnn_resnet50_fpn_v2")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp16: half precision on CUDA (autocast), faster on GPUs with tensor cores")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring above this")
     p.add_argument("--mask-threshold", type=float, default=0.5, help="mask pixel = probability >= this")
@@ -176,11 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"maskrcnn predict: {e}")
         return 2
     try:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("CUDA is not available here (use --device cpu)")
-    except (RuntimeError, ValueError) as e:
-        say(f"maskrcnn predict: --device {args.device}: {e}")
+        device = resolve_device(args.device)
+        check_precision(args.precision, device)
+    except DeviceError as e:
+        say(f"maskrcnn predict: {e}")
         return 2
     out: Path = args.out
     # Every output is checked before the model is loaded, so a typo in --csv costs seconds,
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         try:
-            predictor = load_model(args.weights, device=args.device, variant=args.variant,
+            predictor = load_model(args.weights, device=args.device, precision=args.precision, variant=args.variant,
                                    max_pixels=args.max_pixels or None)
         except Exception as e:  # any load failure is the user's input; show it without a traceback
             say(f"maskrcnn predict: cannot load --weights {args.weights}: {e}")
