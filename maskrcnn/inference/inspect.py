@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, type=Path, help="folder the JSON's file_names are relative to")
     p.add_argument("--image-id", type=int, help="COCO image id (default: the first image with annotations)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--weights", help="a checkpoint load_model reads (native, torchvision, torchvision:NAME)")
+    group.add_argument("--weights", help="a checkpoint load_model reads (a file, or torchvision:NAME / detectron2:NAME)")
     group.add_argument("--preset", default="maskrcnn_resnet50_fpn", help="an untrained model of this preset")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--proposals", type=int, default=50, help="how many top proposals to draw")

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-w", "--weights", required=True,
                    help="model.safetensors (with its .json), a torchvision .pth/.safetensors, a Detectron2 "
                         "model zoo .pkl or .pth, or "
-                        "torchvision:maskrcnn_resnet50_fpn / torchvision:maskrcnn_resnet50_fpn_v2")
+                        "a name: torchvision:maskrcnn_resnet50_fpn[_v2], detectron2:mask_rcnn_R_50_FPN_3x, ...")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
