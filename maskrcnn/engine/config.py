@@ -1,6 +1,6 @@
 """Training configuration: a YAML file plus `key=value` overrides, checked before anything runs.
 
-    cfg = load_config("configs/shapes_cpu.yaml", ["solver.base_lr=0.01", "train.output_dir=out"])
+    cfg = load_config("shapes_cpu.yaml", ["solver.base_lr=0.01", "data.train_annotations=a.json", "data.train_images=a"])
 
 A config has four sections. `model` is a preset name plus any `ModelConfig` option (torchvision's
 keyword names); the number of classes and their names come from the training data, never from
@@ -300,6 +300,10 @@ _ConfigDumper.add_representer(
 
 def require_data(cfg: Config) -> None:
     """Training needs data paths; checked when a run starts, not when a config is parsed."""
-    if not cfg.data.train_annotations or not cfg.data.train_images:
-        raise ConfigError("data.train_annotations and data.train_images must be set "
-                          "(in the YAML or as data.train_annotations=PATH on the command line)")
+    missing = [f"data.{k}" for k in ("train_annotations", "train_images") if not getattr(cfg.data, k)]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: configs shipped with "
+            "maskrcnn carry no dataset paths; give yours on the command line, e.g. "
+            "data.train_annotations=data/train.json data.train_images=data/train "
+            "(and data.val_annotations=... data.val_images=... to evaluate)")

@@ -5,7 +5,7 @@
 
 1. writes the synthetic shapes dataset as a real COCO dataset on disk: a training set and a
    held-out validation set drawn with another seed;
-2. trains the small CPU config (configs/shapes_cpu.yaml) through the same `train` as
+2. trains the small CPU config (maskrcnn/configs/shapes_cpu.yaml) through the same `train` as
    `maskrcnn train`, with checkpoints, metrics.jsonl and TensorBoard logs;
 3. evaluates on the held-out images with pycocotools (bbox and segm AP);
 4. draws the predictions on some held-out images (overlays/*.png) and writes summary.json and

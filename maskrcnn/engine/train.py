@@ -1,8 +1,8 @@
 """`maskrcnn train`: the training loop, readable top to bottom.
 
-    maskrcnn train --config configs/shapes_cpu.yaml train.output_dir=out solver.max_iter=500
-    maskrcnn train --config configs/shapes_cpu.yaml train.output_dir=out --resume
-    torchrun --nproc_per_node=8 -m maskrcnn train --config configs/maskrcnn_R50_FPN_coco_1x.yaml
+    maskrcnn train --config shapes_cpu.yaml data.train_annotations=A.json data.train_images=DIR train.output_dir=out
+    maskrcnn train --config shapes_cpu.yaml data.train_annotations=A.json data.train_images=DIR train.output_dir=out --resume
+    torchrun --nproc_per_node=8 -m maskrcnn train --config maskrcnn_R50_FPN_coco_1x.yaml data.train_annotations=...
 
 Each iteration: forward -> sum the five losses -> NaN guard -> backward -> optional gradient
 clipping -> SGD step -> LR schedule step. Checkpoints every `train.checkpoint_period`
