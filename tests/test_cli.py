@@ -68,7 +68,8 @@ def test_print_config_is_the_resolved_config(capsys):
     from maskrcnn.engine.config import load_config
     from maskrcnn.engine.train import main
 
-    assert main(["--config", "shapes_cpu.yaml", "--print-config", "solver.max_iter=7",
+    # flags may come between and after the overrides, as users write them
+    assert main(["--config", "shapes_cpu.yaml", "solver.max_iter=7", "--print-config",
                  "data.train_annotations=a.json", "data.train_images=img"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["solver"]["max_iter"] == 7 and printed["data"]["train_images"] == "img"

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (the file with the overrides applied) as YAML and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may come after the key=value overrides
     try:
         cfg = load_config(args.config, args.overrides)
         if args.skip_bad:

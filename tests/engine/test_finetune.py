@@ -20,6 +20,7 @@ from .conftest import tiny_overrides
 NAME = "torchvision:maskrcnn_resnet50_fpn"
 
 
+@pytest.mark.slow  # an R50 (about 40 s on 2 shared cores); the name -> weights path is in tests/checkpoint/test_loader.py
 def test_finetune_config_starts_from_coco_weights_with_fresh_heads(tiny_shapes, tmp_path, monkeypatch, capsys):
     # The seeded torchvision-layout R50 weights stand in for the published file, served from a
     # file:// URL with its true hash, so the name resolves exactly as it would online.
