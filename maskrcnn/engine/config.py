@@ -73,7 +73,7 @@ class TrainConfig:
     eval_period: int = 0  # iterations between evaluations on data.val_*; 0: only at the end
     eval_batch_size: int = 4
     log_period: int = 20  # iterations between metric records (JSON lines, TensorBoard)
-    progress: bool = True  # tqdm progress bar on rank 0
+    progress: bool = True  # rank 0: a bar on a terminal, else a plain line every 30 s
     tensorboard: bool = True
     num_threads: int = 0  # torch CPU threads per process; 0 leaves torch's default
 
