@@ -2,7 +2,9 @@
 only when used, so `maskrcnn predict` does not pay for training code."""
 from __future__ import annotations
 
+import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -15,18 +17,61 @@ COMMANDS = {
     "convert": ("maskrcnn.data.convert", "convert_main", "convert LabelMe / mask PNGs / RLE CSV to COCO JSON"),
 }
 
+# The exit status of a process killed by SIGPIPE (128 + 13), what `yes | head` reports for `yes`.
+EXIT_BROKEN_PIPE = 141
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" only where it tells something: not on required options or
+    flags (None / False), and not when the help text already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.required or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in text.lower() or "%(default)" in text):
+            return text
+        return super()._get_help_string(action)
+
+
+def version() -> str:
+    import platform
+
+    from . import __version__
+
+    try:  # torch is imported only for --version, not for --help
+        import torch
+        torch_version = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch_version = "not installed"
+    return f"maskrcnn {__version__} (torch {torch_version}, Python {platform.python_version()})"
+
 
 def usage() -> str:
-    lines = ["usage: maskrcnn <command> [options]", "", "commands:"]
+    lines = ["usage: maskrcnn <command> [options]", "       maskrcnn --version", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`maskrcnn <command> --help` for a command's options."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = _dispatch(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`maskrcnn ... | head`): stop quietly, as Unix tools do. stdout is
+        # pointed at /dev/null so the interpreter's final flush does not raise a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(version())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -83,7 +83,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _ALLOWED_GLOBALS:
             if module.startswith("numpy.core.") and hasattr(np, "_core"):
                 module = "numpy._core." + module[len("numpy.core."):]  # numpy 2 (no deprecation shim)
-            return super().find_class(module, name)
+            try:
+                return super().find_class(module, name)
+            except ModuleNotFoundError:  # written by numpy 2 (numpy._core), read by numpy 1
+                return super().find_class(module.replace("numpy._core.", "numpy.core.", 1), name)
         if module.startswith(("numpy.dtypes", "numpy._core.dtypes")) and name.endswith("DType"):
             return super().find_class(module, name)  # numpy 2's dtype classes (np.dtypes.Float32DType)
         raise UnsafePickleError(

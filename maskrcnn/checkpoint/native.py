@@ -58,11 +58,13 @@ def load_native(path: str | Path, **overrides) -> MaskRCNN:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model weights {path} do not exist")
-    config = read_config(path)
-    config = ModelConfig.from_dict({**config.to_dict(), **overrides})
-    model = build_model(config)
-    state = load_file(str(path))
-    load_checked(model, state, str(path))
+    return native_from_state(read_config(path), load_file(str(path)), str(path), **overrides)
+
+
+def native_from_state(config: ModelConfig, state: dict[str, torch.Tensor], source: str, **overrides) -> MaskRCNN:
+    """`load_native` for a config and state dict already read (by `open_checkpoint`)."""
+    model = build_model(ModelConfig.from_dict({**config.to_dict(), **overrides}))
+    load_checked(model, state, source)
     return model.eval()
 
 

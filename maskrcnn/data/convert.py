@@ -43,10 +43,11 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..cli import HelpFormatter
 from ..io import DataError, decode_kaggle_rle, image_sizes, inside_folder, read_text, write_json_atomic
 
 __all__ = [
-    "ConversionResult", "labelme_to_coco", "mask_pngs_to_coco", "rle_csv_to_coco", "convert_main",
+    "ConversionResult", "categories_from", "labelme_to_coco", "mask_pngs_to_coco", "rle_csv_to_coco", "convert_main",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -65,19 +66,47 @@ class ConversionResult:
     num_annotations: int
     class_names: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)  # of class_names, in order
+    classes_found: bool = False  # True: the classes came from the data, not from the caller
 
     def summary(self) -> str:
         text = (f"wrote {self.out_json}: {self.num_images} images, {self.num_annotations} instances, "
                 f"{len(self.class_names)} classes {self.class_names}; images are under {self.image_dir}")
+        if self.classes_found:
+            text += (f"\ncategory ids 1..{len(self.class_names)} follow the sorted class names found here; "
+                     f"convert your other splits with --categories-from {self.out_json} so the ids match")
         if self.skipped:
             text += f"\nskipped {len(self.skipped)} bad items:" + "".join(
                 f"\n  {what}: {why}" for what, why in self.skipped[:20])
         return text
 
 
+def categories_from(path: str | os.PathLike) -> tuple[list[str], list[int]]:
+    """(class names, category ids) of an existing COCO file, so another split converted with
+    them gets the same ids (`--categories-from`)."""
+    from .coco import read_coco_json
+
+    categories = read_coco_json(path).get("categories")
+    if not isinstance(categories, list) or not categories:
+        raise DataError(f"{path}: no 'categories' list to take the category ids from")
+    try:
+        names, ids = [str(c["name"]) for c in categories], [int(c["id"]) for c in categories]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: each category needs an 'id' and a 'name' ({type(e).__name__}: {e})") from None
+    for what, values in (("name", names), ("id", ids)):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise DataError(f"{path}: category {what}s repeat: {repeated}")
+    return names, ids
+
+
 class _CocoBuilder:
-    def __init__(self, class_names: Sequence[str] | None, skip_bad: bool) -> None:
+    def __init__(self, class_names: Sequence[str] | None, skip_bad: bool,
+                 category_ids: Sequence[int] | None = None) -> None:
+        if category_ids is not None and (not class_names or len(category_ids) != len(class_names)):
+            raise ValueError("category_ids needs one id per class name")
         self.fixed_classes = list(class_names) if class_names else None
+        self.fixed_ids = list(category_ids) if category_ids is not None else None
         self.skip_bad = skip_bad
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
@@ -123,7 +152,8 @@ class _CocoBuilder:
             {a["category_id"] for a in self.annotations}, key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
         if not names:
             names = ["object"]  # COCO needs at least one category even with only negatives
-        cat_id = {name: k + 1 for k, name in enumerate(names)}
+        ids = self.fixed_ids or list(range(1, len(names) + 1))
+        cat_id = dict(zip(names, ids))
         for a in self.annotations:
             a["category_id"] = cat_id[a["category_id"]]
         data = {
@@ -132,7 +162,8 @@ class _CocoBuilder:
             "categories": [{"id": cat_id[n], "name": n, "supercategory": ""} for n in names],
         }
         path = write_json_atomic(data, out_json)
-        return ConversionResult(path, image_dir, len(self.images), len(self.annotations), list(names), self.skipped)
+        return ConversionResult(path, image_dir, len(self.images), len(self.annotations), list(names), self.skipped,
+                                ids, classes_found=self.fixed_classes is None)
 
 
 def _need_dir(folder: str | os.PathLike) -> Path:
@@ -221,22 +252,22 @@ def _labelme_image_path(named: str, json_file: Path, folder: Path, allow_outside
 
 def labelme_to_coco(
     folder: str | os.PathLike, out_json: str | os.PathLike, *,
-    class_names: Sequence[str] | None = None, skip_bad: bool = False,
-    allow_outside: bool = False, encoding: str | None = None,
+    class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
+    skip_bad: bool = False, allow_outside: bool = False, encoding: str | None = None,
 ) -> ConversionResult:
     """Convert a folder of LabelMe JSON files (searched recursively) into one COCO JSON.
 
     Images are found through each file's `imagePath` (relative to the JSON file, and inside
     `folder` unless `allow_outside`), else as an image with the JSON's stem beside it;
     `file_name`s in the output are relative to `folder`. `class_names` fixes the category
-    order (ids 1..K, so train and val conversions agree); by default the labels found, sorted,
-    are used. `encoding`: of the JSON files (default: UTF-8, or as their byte-order mark says).
+    order (ids 1..K, so train and val conversions agree; `category_ids` gives other ids, e.g.
+    those of `categories_from(train.json)`); by default the labels found, sorted, are used. `encoding`: of the JSON files (default: UTF-8, or as their byte-order mark says).
     """
     folder = _need_dir(folder)
     files = sorted(p for p in folder.rglob("*.json") if p.resolve() != Path(out_json).resolve())
     if not files:
         raise DataError(f"{folder}: no LabelMe .json files found")
-    builder = _CocoBuilder(class_names, skip_bad)
+    builder = _CocoBuilder(class_names, skip_bad, category_ids)
     for jf in files:
         try:
             data = json.loads(read_text(jf, encoding=encoding, what="LabelMe file"))
@@ -302,7 +333,8 @@ def labelme_to_coco(
 
 def mask_pngs_to_coco(
     folder: str | os.PathLike, out_json: str | os.PathLike, *,
-    class_names: Sequence[str] | None = None, default_class: str = "object", skip_bad: bool = False,
+    class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
+    default_class: str = "object", skip_bad: bool = False,
 ) -> ConversionResult:
     """Convert per-instance binary mask PNGs into COCO (layout in the module docstring).
 
@@ -327,7 +359,7 @@ def mask_pngs_to_coco(
     if not pairs:
         raise DataError(f"{folder}: no images found (expected images/NAME.png + masks/NAME/CLASS_K.png)")
 
-    builder = _CocoBuilder(class_names, skip_bad)
+    builder = _CocoBuilder(class_names, skip_bad, category_ids)
     for img, mask_dir in pairs:
         raw, oriented = image_sizes(img)
         mask_files = sorted(mask_dir.glob("*.png")) if mask_dir.is_dir() else []
@@ -352,7 +384,8 @@ def mask_pngs_to_coco(
 
 def rle_csv_to_coco(
     csv_file: str | os.PathLike, image_dir: str | os.PathLike, out_json: str | os.PathLike, *,
-    class_name: str = "object", skip_bad: bool = False, allow_outside: bool = False,
+    class_name: str = "object", class_names: Sequence[str] | None = None,
+    category_ids: Sequence[int] | None = None, skip_bad: bool = False, allow_outside: bool = False,
     encoding: str | None = None,
 ) -> ConversionResult:
     """Convert a Kaggle run-length CSV (`ImageId,EncodedPixels`, one row per instance) into COCO.
@@ -361,7 +394,9 @@ def rle_csv_to_coco(
     NAME/images/NAME.png (Data Science Bowl 2018); it must stay inside `image_dir` unless
     `allow_outside`. Rows with an empty `EncodedPixels` list images without objects. Image
     sizes come from the files (run lengths need H to decode). `encoding`: of the CSV (default:
-    UTF-8, or as its byte-order mark says, as Excel writes it).
+    UTF-8, or as its byte-order mark says, as Excel writes it). `class_names` (with optional
+    `category_ids`) fixes the classes: the ClassId values, or the one class of a CSV without
+    that column.
     """
     csv_file, image_dir = Path(csv_file), _need_dir(image_dir)
     text = read_text(csv_file, encoding=encoding, what="CSV file")
@@ -373,7 +408,9 @@ def rle_csv_to_coco(
         raise DataError(f"{csv_file}: expected columns ImageId,EncodedPixels, found {reader.fieldnames}")
     col_id, col_rle, col_cls = columns["imageid"], columns["encodedpixels"], columns.get("classid")
 
-    builder = _CocoBuilder([class_name] if col_cls is None else None, skip_bad)
+    if class_names is None and col_cls is None:
+        class_names = [class_name]
+    builder = _CocoBuilder(class_names, skip_bad, category_ids)
     ids: dict[str, int | None] = {}
     for line, row in enumerate(reader, start=2):  # line 1 is the header
         name = (row.get(col_id) or "").strip()
@@ -413,14 +450,15 @@ def rle_csv_to_coco(
 def convert_main(argv: Sequence[str] | None = None) -> int:
     """`maskrcnn convert {labelme,masks,rle-csv} SRC --out FILE.json [...]`; returns an exit code."""
     parser = argparse.ArgumentParser(prog="maskrcnn convert",
-                                     description="Convert annotations into COCO instance JSON.")
+                                     description="Convert annotations into COCO instance JSON.",
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="format", required=True)
-    p = sub.add_parser("labelme", help="a folder of LabelMe .json files")
+    p = sub.add_parser("labelme", formatter_class=HelpFormatter, help="a folder of LabelMe .json files")
     p.add_argument("src", help="folder with LabelMe .json files and their images")
-    p = sub.add_parser("masks", help="per-instance mask PNGs: SRC/images/NAME.png + SRC/masks/NAME/CLASS_K.png")
+    p = sub.add_parser("masks", formatter_class=HelpFormatter, help="per-instance mask PNGs: SRC/images/NAME.png + SRC/masks/NAME/CLASS_K.png")
     p.add_argument("src", help="folder with images/ and masks/ (or the DSB-2018 layout)")
     p.add_argument("--default-class", default="object", help="class of masks not named CLASS_K.png")
-    p = sub.add_parser("rle-csv", help="Kaggle run-length CSV: ImageId,EncodedPixels")
+    p = sub.add_parser("rle-csv", formatter_class=HelpFormatter, help="Kaggle run-length CSV: ImageId,EncodedPixels")
     p.add_argument("src", help="the CSV file")
     p.add_argument("--images", required=True, help="folder with the images named in ImageId")
     p.add_argument("--class-name", default="object", help="name of the single class")
@@ -431,19 +469,27 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--encoding", help="encoding of the text files read (default: UTF-8, or their byte-order mark's)")
             p.add_argument("--allow-outside-paths", action="store_true",
                            help="follow image paths that are absolute or leave the source folder through '..'")
-        if p.prog.split()[-1] != "rle-csv":
-            p.add_argument("--classes", help="comma-separated class names, fixing category ids 1..K")
+        same_ids = p.add_mutually_exclusive_group()
+        same_ids.add_argument("--classes", help="comma-separated class names, fixing category ids 1..K "
+                                                "(give the same list for every split)")
+        same_ids.add_argument("--categories-from", metavar="COCO.json",
+                              help="take class names and category ids from this file, e.g. the training "
+                                   "split converted before, so every split numbers the classes alike")
     args = parser.parse_args(argv)
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if getattr(args, "classes", None) else None
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    ids = None
     try:
+        if args.categories_from:
+            classes, ids = categories_from(args.categories_from)
         if args.format == "labelme":
-            result = labelme_to_coco(args.src, args.out, class_names=classes, skip_bad=args.skip_bad,
+            result = labelme_to_coco(args.src, args.out, class_names=classes, category_ids=ids, skip_bad=args.skip_bad,
                                      allow_outside=args.allow_outside_paths, encoding=args.encoding)
         elif args.format == "masks":
-            result = mask_pngs_to_coco(args.src, args.out, class_names=classes,
+            result = mask_pngs_to_coco(args.src, args.out, class_names=classes, category_ids=ids,
                                        default_class=args.default_class, skip_bad=args.skip_bad)
         else:
             result = rle_csv_to_coco(args.src, args.images, args.out, class_name=args.class_name,
+                                     class_names=classes, category_ids=ids,
                                      skip_bad=args.skip_bad, allow_outside=args.allow_outside_paths,
                                      encoding=args.encoding)
     except DataError as e:

@@ -35,8 +35,9 @@ from safetensors.torch import load_file
 
 from ..checkpoint.native import load_checked, save_model
 from ..io import atomic_write, describe_os_error, os_error_errno, write_json_atomic
-from ..checkpoint.detectron2 import convert_detectron2_state_dict, is_detectron2_state_dict
-from ..checkpoint.torchvision import convert_state_dict, read_state_dict
+from ..checkpoint.detectron2 import convert_detectron2_state_dict
+from ..checkpoint.loader import open_checkpoint
+from ..checkpoint.torchvision import convert_state_dict
 from ..modeling.mask_rcnn import MaskRCNN
 
 POINTER = "last_checkpoint.json"
@@ -245,14 +246,11 @@ def load_initial_weights(model: MaskRCNN, path: str | Path) -> str:
     predictor layers when the class count differs) keep their fresh initialization. Returns a
     one-line report; raises if nothing matched, which means the file is for another model.
     """
-    try:
-        state = read_state_dict(path)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # a corrupt file: SafetensorError (a bare traceback before), pickle or zip errors
-        detail = str(e) if str(path) in str(e) else f"{type(e).__name__}: {e}"
-        raise ValueError(f"cannot read initial weights {path} ({detail})") from e
-    detectron2 = is_detectron2_state_dict(state)
+    ckpt = open_checkpoint(path)  # names (torchvision:NAME, detectron2:NAME) and files alike
+    if ckpt.state is None:
+        raise ValueError(f"{path} is an exported ONNX graph: it cannot start training; use the weights it was exported from")
+    state = ckpt.state
+    detectron2 = ckpt.kind == "detectron2"
     torchvision = any(k.startswith(("backbone.fpn.inner_blocks.", "layer1.0.conv1.")) for k in state)
     msra = bool(getattr(getattr(model, "config", None), "stride_in_1x1", False))
     if (detectron2 and not msra) or (torchvision and msra):
@@ -265,7 +263,7 @@ def load_initial_weights(model: MaskRCNN, path: str | Path) -> str:
         )
     if detectron2:
         state = convert_detectron2_state_dict(state)
-    elif "conv1.weight" in state and "layer1.0.conv1.weight" in state:  # an ImageNet ResNet
+    elif ckpt.kind == "imagenet":
         state = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     state = convert_state_dict(state)
     own = model.state_dict()

@@ -1,6 +1,6 @@
 """Training configuration: a YAML file plus `key=value` overrides, checked before anything runs.
 
-    cfg = load_config("configs/shapes_cpu.yaml", ["solver.base_lr=0.01", "train.output_dir=out"])
+    cfg = load_config("shapes_cpu.yaml", ["solver.base_lr=0.01", "data.train_annotations=a.json", "data.train_images=a"])
 
 A config has four sections. `model` is a preset name plus any `ModelConfig` option (torchvision's
 keyword names); the number of classes and their names come from the training data, never from
@@ -72,13 +72,13 @@ class SolverConfig:
 class TrainConfig:
     output_dir: str = "output"
     seed: int = 0
-    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda"
+    device: str = "auto"  # "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps"
     checkpoint_period: int = 5000  # iterations between checkpoints (and one at the end)
     keep_checkpoints: int = 3  # the last K periodic checkpoints stay on disk
     eval_period: int = 0  # iterations between evaluations on data.val_*; 0: only at the end
     eval_batch_size: int = 4
     log_period: int = 20  # iterations between metric records (JSON lines, TensorBoard)
-    progress: bool = True  # tqdm progress bar on rank 0
+    progress: bool = True  # rank 0: a bar on a terminal, else a plain line every 30 s
     tensorboard: bool = True
     num_threads: int = 0  # torch CPU threads per process; 0 leaves torch's default
 
@@ -285,8 +285,8 @@ def validate(cfg: Config) -> None:
         (t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}"),
         (t.log_period >= 1, f"train.log_period must be >= 1, got {t.log_period}"),
         (t.num_threads >= 0, f"train.num_threads must be >= 0 (0: torch's default), got {t.num_threads}"),
-        (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
-         f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+        (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
+         f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t.device!r}"),
         (bool(t.output_dir), "train.output_dir must not be empty"),
         (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
         (0.0 <= d.hflip_prob <= 1.0, f"data.hflip_prob must be in [0, 1], got {d.hflip_prob}"),
@@ -304,8 +304,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model: {e}") from None
 
 
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, loadable again with `load_config` (`train --print-config`):
+    sections as blocks, lists on one line (`steps: [60000, 80000]`)."""
+    return yaml.dump(cfg.to_dict(), Dumper=_ConfigDumper, sort_keys=False)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    pass
+
+
+_ConfigDumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True))
+
+
 def require_data(cfg: Config) -> None:
     """Training needs data paths; checked when a run starts, not when a config is parsed."""
-    if not cfg.data.train_annotations or not cfg.data.train_images:
-        raise ConfigError("data.train_annotations and data.train_images must be set "
-                          "(in the YAML or as data.train_annotations=PATH on the command line)")
+    missing = [f"data.{k}" for k in ("train_annotations", "train_images") if not getattr(cfg.data, k)]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: configs shipped with "
+            "maskrcnn carry no dataset paths; give yours on the command line, e.g. "
+            "data.train_annotations=data/train.json data.train_images=data/train "
+            "(and data.val_annotations=... data.val_images=... to evaluate)")

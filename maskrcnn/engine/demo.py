@@ -5,7 +5,7 @@
 
 1. writes the synthetic shapes dataset as a real COCO dataset on disk: a training set and a
    held-out validation set drawn with another seed;
-2. trains the small CPU config (configs/shapes_cpu.yaml) through the same `train` as
+2. trains the small CPU config (maskrcnn/configs/shapes_cpu.yaml) through the same `train` as
    `maskrcnn train`, with checkpoints, metrics.jsonl and TensorBoard logs;
 3. evaluates on the held-out images with pycocotools (bbox and segm AP);
 4. draws the predictions on some held-out images (overlays/*.png) and writes summary.json and
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..cli import HelpFormatter
 from ..data import CocoDataset, generate_shapes_dataset, write_json_atomic
 from ..inference.outputs import write_image
 from ..io import atomic_write
@@ -33,7 +34,8 @@ CONFIG = "shapes_cpu.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="maskrcnn demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="maskrcnn demo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--out", default="demo_output", help="output folder (default: ./demo_output)")
     parser.add_argument("--iterations", type=int, help="training iterations (default: the config's)")
     parser.add_argument("--train-images", type=int, default=500, help="synthetic training images")

@@ -1,8 +1,8 @@
 """`maskrcnn train`: the training loop, readable top to bottom.
 
-    maskrcnn train --config configs/shapes_cpu.yaml train.output_dir=out solver.max_iter=500
-    maskrcnn train --config configs/shapes_cpu.yaml train.output_dir=out --resume
-    torchrun --nproc_per_node=8 -m maskrcnn train --config configs/maskrcnn_R50_FPN_coco_1x.yaml
+    maskrcnn train --config shapes_cpu.yaml data.train_annotations=A.json data.train_images=DIR train.output_dir=out
+    maskrcnn train --config shapes_cpu.yaml data.train_annotations=A.json data.train_images=DIR train.output_dir=out --resume
+    torchrun --nproc_per_node=8 -m maskrcnn train --config maskrcnn_R50_FPN_coco_1x.yaml data.train_annotations=...
 
 Each iteration: forward -> sum the five losses -> NaN guard -> backward -> optional gradient
 clipping -> SGD step -> LR schedule step. Checkpoints every `train.checkpoint_period`
@@ -36,6 +36,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint.native import save_model
+from ..cli import HelpFormatter
+from ..device import DeviceError, resolve_device
+from ..io.progress import progress_bar
 from ..data import CocoDataset, DataError, RandomHorizontalFlip, collate_fn, write_json_atomic
 from ..io import check_writable, describe_os_error
 from ..modeling.build import PRESETS, ModelConfig, build_model
@@ -43,10 +46,17 @@ from ..modeling.mask_rcnn import MaskRCNN
 from . import distributed
 from .checkpointer import Checkpointer, capture_rng_state, load_initial_weights, restore_rng_state
 from .divergence import LossHistory, nan_message
-from .config import Config, ConfigError, load_config, require_data
+from .config import Config, ConfigError, config_yaml, load_config, require_data
 from .metrics import MetricsWriter
 from .sampler import SeededSamples, TrainingSampler
 from .solver import LRScheduler, build_optimizer
+
+
+RANDOM_WEIGHTS_WARNING = (
+    "WARNING: training from RANDOM weights: model.weights is not set. That suits the synthetic "
+    "shapes demo; on real data it needs far more iterations and data to get anywhere. To fine-tune "
+    "from COCO weights: --config finetune_coco_to_custom.yaml, or model.weights=torchvision:maskrcnn_resnet50_fpn"
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,7 +76,7 @@ class TrainResult:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="maskrcnn train", description="Train Mask R-CNN from a YAML config.",
+        prog="maskrcnn train", description="Train Mask R-CNN from a YAML config.", formatter_class=HelpFormatter,
         epilog="Overrides: section.key=value, e.g. solver.base_lr=0.01 train.output_dir=runs/a. "
                "Configs shipped with maskrcnn can be named without a path: --config shapes_cpu.yaml.",
     )
@@ -76,12 +86,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --resume: continue even though solver.batch_size, train.seed or the training "
                              "data differ from the checkpoint's (the run is then not the one that was started)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad images/annotations and report how many")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (the file with the overrides applied) as YAML and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may come after the key=value overrides
     try:
         cfg = load_config(args.config, args.overrides)
         if args.skip_bad:
             cfg.data.skip_bad = True
+        if args.print_config:
+            print(config_yaml(cfg), end="")
+            return 0
         result = train(cfg, resume=args.resume, accept_changed_run=args.accept_changed_run)
     except NonFiniteLossError as e:
         print(f"maskrcnn train: {e}", file=sys.stderr)
@@ -113,15 +128,15 @@ def train(cfg: Config, *, resume: bool = False, accept_changed_run: bool = False
 
 
 def select_device(name: str, info: distributed.DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name} but CUDA is not available (use train.device=cpu)")
-        device = torch.device("cuda", info.local_rank) if name == "cuda" else torch.device(name)
+    """`train.device` by the package's one rule (maskrcnn.device); under torchrun "auto" and
+    "cuda" mean this process's GPU."""
+    try:
+        device = resolve_device(name, local_rank=info.local_rank)
+    except DeviceError as e:
+        raise ConfigError(f"train.device: {e}") from None
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
+    return device
 
 
 def build_datasets(cfg: Config) -> tuple[CocoDataset, CocoDataset | None]:
@@ -239,6 +254,8 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
             log(f"no checkpoint in {out}; starting from iteration 0")
         if cfg.model["weights"]:
             log(load_initial_weights(model, cfg.model["weights"]))
+        else:
+            log(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
 
     train_model: torch.nn.Module = model
     if info.distributed:
@@ -283,8 +300,8 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
         + (f"; {len(train_set.skipped)} bad images/annotations skipped" if cfg.data.skip_bad else ""))
     train_model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(total=s.max_iter, initial=start_iter, desc="train", disable=not (info.is_main and t.progress),
-               dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(s.max_iter, "train", initial=start_iter, enabled=info.is_main and t.progress,
+                       dynamic_ncols=True, mininterval=1.0)
     window: dict[str, float] = {}  # loss sums since the last metrics record
     window_count = 0
     window_start = time.perf_counter()

@@ -15,11 +15,13 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
+from ..cli import HelpFormatter
+from ..device import DEVICE_HELP, resolve_device
 from ..data import CocoDataset, DataError, collate_fn
 from ..engine import distributed
 from ..engine.sampler import shard_indices
+from ..io.progress import progress_bar
 from ..modeling.mask_rcnn import MaskRCNN
 from .coco_evaluator import COCOEvaluator, format_results
 
@@ -45,50 +47,55 @@ def run_evaluation(
     was_training = model.training
     model.eval()
     evaluator.reset()
+    bar = progress_bar(len(shard), "eval", unit="img", enabled=progress, leave=False)
     try:
         with torch.random.fork_rng(devices=[]):
-            for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
+            for images, targets in loader:
                 images = [img.to(device, non_blocking=True) for img in images]
                 output = model(images, detections=True)
                 evaluator.process(targets, output.detections)
+                bar.update(len(images))
+        bar.close()
         return evaluator.evaluate()
     finally:
         model.train(was_training)
 
 
 def load_model_for_eval(path: str | Path, device: torch.device, **options) -> MaskRCNN:
-    """Our .safetensors + .json, a torchvision Mask R-CNN checkpoint (v1 or v2), or a
-    Detectron2 one (.pkl / .pth)."""
-    from ..checkpoint import from_detectron2, from_torchvision, is_detectron2_state_dict, load_native, read_state_dict
-    from ..checkpoint.native import config_path_for
+    """Any checkpoint `load_model` takes (a file or a name such as torchvision:NAME), opened by
+    the one `open_checkpoint`; its class names, when it has them, are on `model.class_names`."""
+    from ..checkpoint.loader import build_from_checkpoint, open_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights {path} do not exist")
-    if config_path_for(path).is_file():
-        model = load_native(path, **options)
-    else:
-        state = read_state_dict(path)
-        if is_detectron2_state_dict(state):
-            model = from_detectron2(state, **options)
-        else:
-            variant = "v2" if any(k.startswith("roi_heads.box_head.0.") for k in state) else "v1"
-            model = from_torchvision(state, variant=variant, **options)
+    model, names, _ = build_from_checkpoint(open_checkpoint(path), **options)
+    if names is not None and getattr(model, "class_names", None) is None:
+        model.class_names = list(names)
     return model.to(device).eval()
 
 
-def label_mapping(model: MaskRCNN, dataset: CocoDataset) -> dict[int, int] | None:
+def label_mapping(model: MaskRCNN, dataset: CocoDataset, *, by_position: bool = False) -> dict[int, int] | None:
     """Model label -> the dataset's COCO category id. A model trained on this dataset's
     categories uses the dataset's mapping; torchvision's 91-class COCO models use category ids
     as labels (None: identity). A model whose labels start at 0 (Detectron2's class index) is
-    matched by position alike: its label i is the dataset's label i + 1."""
+    matched by position alike: its label i is the dataset's label i + 1.
+
+    Class names that differ from the dataset's are refused (AP would silently score one class
+    against another) unless `by_position`; the same names in another order are matched by name."""
     model_classes = model.num_classes - 1
     if model_classes == dataset.num_classes:
         names = getattr(model, "class_names", None)
-        if names and list(names) != dataset.class_names:
-            print(f"warning: the model's class names {names} differ from the dataset's {dataset.class_names}; "
-                  "matching them by position", file=sys.stderr)
         shift = 1 - getattr(model, "first_label", 1)
+        if names and list(names) != dataset.class_names:
+            if sorted(names) == sorted(dataset.class_names) and len(set(names)) == len(names) and not by_position:
+                return {i + 1 - shift: dataset.label_to_category_id[dataset.class_names.index(n) + 1]
+                        for i, n in enumerate(names)}
+            if not by_position:
+                raise ValueError(
+                    f"the model's class names {list(names)} differ from those of {dataset.annotation_file}, "
+                    f"{dataset.class_names}: evaluate on the data the model was trained for, or pass "
+                    "--map-classes-by-position (label_mapping(..., by_position=True)) to score the model's "
+                    "i-th class as the dataset's i-th category anyway")
+            print(f"warning: the model's class names {list(names)} differ from the dataset's {dataset.class_names}; "
+                  "matching them by position, as asked", file=sys.stderr)
         return {label - shift: cid for label, cid in dataset.label_to_category_id.items()}
     if model.num_classes == 91 and all(1 <= c <= 90 for c in dataset.category_ids):
         return None
@@ -96,22 +103,15 @@ def label_mapping(model: MaskRCNN, dataset: CocoDataset) -> dict[int, int] | Non
                      f"{dataset.num_classes} categories; evaluate on the data the model was trained for")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available")
-    return device
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="maskrcnn eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="maskrcnn eval", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--weights", required=True,
-                        help="model .safetensors (with its .json), torchvision .pth, or Detectron2 .pkl / .pth")
+                        help="model .safetensors (with its .json), torchvision .pth, Detectron2 .pkl / .pth, "
+                             "or a name: torchvision:maskrcnn_resnet50_fpn, detectron2:mask_rcnn_R_50_FPN_3x, ...")
     parser.add_argument("--data", required=True, help="COCO instances JSON with the ground truth")
     parser.add_argument("--images", required=True, help="folder the JSON's file_names are relative to")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: auto)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--iou-types", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="follow file_names that are absolute or climb out of --images with '..'")
     parser.add_argument("--no-file-check", action="store_true",
                         help="do not check every image file before evaluating (found when reached instead)")
+    parser.add_argument("--map-classes-by-position", action="store_true",
+                        help="score the model's i-th class as the data's i-th category even when their names differ")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             # whose detections would then count twice
             dataset.verify_images()
         model = load_model_for_eval(args.weights, device)
-        evaluator = COCOEvaluator(args.data, label_to_category_id=label_mapping(model, dataset),
+        evaluator = COCOEvaluator(args.data, label_to_category_id=label_mapping(model, dataset, by_position=args.map_classes_by_position),
                                   class_names=dataset.class_names, iou_types=args.iou_types)
     except (OSError, ValueError, RuntimeError, DataError) as e:
         print(f"maskrcnn eval: {e}", file=sys.stderr)

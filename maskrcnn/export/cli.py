@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli import HelpFormatter
+
 __all__ = ["build_parser", "main"]
 
 
@@ -18,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskrcnn export",
         description="Export a Mask R-CNN to ONNX: normalize, resize, backbone, RPN, RoI heads and masks in one graph.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-w", "--weights", required=True,
                    help="model.safetensors (with its .json), a torchvision .pth/.safetensors, or "
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     options = {} if args.score_threshold is None else {"box_score_thresh": args.score_threshold}
     try:
-        predictor = load_model(args.weights, variant=args.variant, **options)
+        predictor = load_model(args.weights, device="cpu", variant=args.variant, **options)  # exported on the CPU
     except Exception as e:  # the user's input: show it without a traceback
         say(f"maskrcnn export: cannot load --weights {args.weights}: {e}")
         return 2

@@ -11,18 +11,19 @@ Checkpoints `load_model` reads:
   - our own `model.safetensors` with its `model.json` beside it (written by `save_model`);
   - a torchvision Mask R-CNN state dict (.pth / .pt read with `torch.load(weights_only=True)`,
     or .safetensors), v1 or v2 layout (inferred, or `variant=`);
-  - a named torchvision weight, "torchvision:maskrcnn_resnet50_fpn" or "..._v2", fetched into
-    the cache (see `hub.py`);
+  - a name: "torchvision:maskrcnn_resnet50_fpn" or "..._v2", or one of Detectron2's model zoo,
+    "detectron2:mask_rcnn_R_50_FPN_3x" (_1x, R_101_FPN_3x), fetched into the cache (see `hub.py`);
   - a Detectron2 Mask R-CNN FPN checkpoint: a model zoo .pkl (read by a restricted unpickler,
     never `pickle.load`) or a Detectron2 .pth; labels are Detectron2's class index 0..79,
     written to COCO results as COCO category ids;
   - a graph written by `maskrcnn export` (`model.onnx`), run with ONNX Runtime (the optional
     extra: pip install -e ".[onnx]"); class names and category ids come from its metadata.
+Every one is opened by `maskrcnn.checkpoint.loader.open_checkpoint`, which `eval` and training's
+`model.weights=` use too.
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -35,12 +36,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..checkpoint.native import config_path_for, load_native
-from ..checkpoint.detectron2 import from_detectron2, is_detectron2_state_dict
-from ..checkpoint.torchvision import from_torchvision, read_state_dict
+from ..checkpoint.loader import build_from_checkpoint, open_checkpoint
+from ..device import autocast, check_precision, resolve_device
 from ..io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..modeling.mask_rcnn import MaskRCNN
-from . import hub
 from .draw import draw_instances
 from .outputs import label_map as combine_masks
 from .outputs import to_coco_results, write_coco_json, write_image, write_label_map_png
@@ -154,12 +153,17 @@ class Predictor:
         self,
         model: MaskRCNN,
         *,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
         class_names: Sequence[str] | None = None,
         category_ids: Mapping[int, int] | Sequence[int] | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
-        self.device = torch.device(device)
+        if not isinstance(model, torch.nn.Module):  # an exported graph runs in ONNX Runtime on the CPU
+            device = "cpu" if device == "auto" else device
+            model.to(device)  # its own error, which says so, for any other device
+        self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         names = class_names if class_names is not None else getattr(model, "class_names", None)
         if names is not None and len(names) != model.num_classes - 1:
@@ -182,7 +186,7 @@ class Predictor:
     def __repr__(self) -> str:
         c = self.model.config
         return (f"Predictor({c.variant}, depth={c.depth}, classes={self.model.num_classes - 1}, "
-                f"device={self.device})")
+                f"device={self.device}, precision={self.precision})")
 
     def predict(
         self,
@@ -257,11 +261,12 @@ class Predictor:
         # head: a caller's 0.5 means masks are computed and pasted only for what is returned,
         # not for every detection above the model's 0.05 (benchmarks/postprocess.py).
         batch = [img.to(self.device, torch.float32) for img in images]
-        if isinstance(self.model, MaskRCNN) and mask_threshold is not None:
-            # thresholded while pasting: a 50 MP image with 20 detections then holds 1 GB of
-            # bool masks instead of 4 GB of float ones
-            return self.model(batch, score_thresh=score_threshold, mask_threshold=mask_threshold).detections
-        return self.model(batch, score_thresh=score_threshold).detections
+        with autocast(self.precision, self.device):
+            if isinstance(self.model, MaskRCNN) and mask_threshold is not None:
+                # thresholded while pasting: a 50 MP image with 20 detections then holds 1 GB of
+                # bool masks instead of 4 GB of float ones
+                return self.model(batch, score_thresh=score_threshold, mask_threshold=mask_threshold).detections
+            return self.model(batch, score_thresh=score_threshold).detections
 
     def _to_result(self, det, image: Tensor, source: str | None, mask_threshold: float | None,
                    keep_image: bool) -> Result:
@@ -304,7 +309,8 @@ def _as_list(images: Any) -> list:
 def load_model(
     source: str | os.PathLike | MaskRCNN,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
     variant: str | None = None,
     class_names: Sequence[str] | None = None,
     category_ids: Mapping[int, int] | Sequence[int] | None = None,
@@ -314,6 +320,9 @@ def load_model(
 ) -> Predictor:
     """A `Predictor` from a checkpoint (see the module docstring for what is accepted).
 
+    device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps"
+        (`maskrcnn.device.resolve_device`; an unavailable one is a DeviceError, a ValueError).
+    precision: "fp32", or "fp16" (CUDA only): the forward under float16 autocast.
     variant: "v1" / "v2" for torchvision files (default: read from the state dict's layout).
     class_names: names of labels 1..K-1 (default: the checkpoint's; COCO's for torchvision
         checkpoints with 91 classes).
@@ -327,104 +336,10 @@ def load_model(
     count, FileNotFoundError for missing files, hub.WeightsUnavailableError offline.
     """
     if isinstance(source, MaskRCNN):
-        model = source
-    elif Path(source).suffix.lower() == ".onnx":
-        model = _load_onnx(Path(source), variant, options)
-        class_names = class_names if class_names is not None else model.class_names
-        category_ids = category_ids if category_ids is not None else model.category_ids
-        if class_names is None and model.num_classes == len(hub.COCO_CATEGORY_NAMES):
-            class_names = hub.COCO_CATEGORY_NAMES[1:]
-    elif isinstance(source, str) and source.startswith("torchvision:"):
-        entry = hub.NAMED_WEIGHTS.get(source)
-        if entry is None:
-            raise ValueError(f"unknown named weights {source!r}; known: {', '.join(hub.NAMED_WEIGHTS)}")
-        if variant not in (None, entry.variant):
-            raise ValueError(f"{source} is a {entry.variant} checkpoint, not {variant}")
-        path = hub.weights_path(source, download=download)
-        model = from_torchvision(path, entry.variant, **options)
-        class_names = class_names if class_names is not None else list(entry.class_names)
+        model, names, ids = source, source.class_names, None
     else:
-        model, meta = _load_file(Path(source), variant, options)
-        if category_ids is None and meta.get("category_ids") is not None:
-            category_ids = _int_keys(meta["category_ids"])
-        if class_names is None and model.class_names is None and model.num_classes == len(hub.COCO_CATEGORY_NAMES):
-            # 91 outputs is torchvision's COCO layout (label = COCO category id)
-            class_names = hub.COCO_CATEGORY_NAMES[1:]
-    return Predictor(model, device=device, class_names=class_names, category_ids=category_ids,
-                     max_pixels=max_pixels)
-
-
-def _load_detectron2(path: Path, state: dict, options: dict) -> tuple[MaskRCNN, dict]:
-    """A Detectron2 checkpoint; 81 classes are taken to be COCO's 80 (Detectron2's contiguous
-    class index i is the i-th COCO category in id order)."""
-    try:
-        model = from_detectron2(state, **options)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    meta: dict = {}
-    if model.num_classes == 81 and model.class_names is None:
-        coco = [(cid, name) for cid, name in enumerate(hub.COCO_CATEGORY_NAMES) if cid > 0 and name != "N/A"]
-        model.class_names = [name for _, name in coco]
-        meta["category_ids"] = {label: cid for label, (cid, _) in enumerate(coco, start=model.first_label)}
-    return model, meta
-
-
-def _load_onnx(path: Path, variant: str | None, options: dict):
-    """An exported graph in ONNX Runtime. Its architecture and resize are fixed at export; of
-    the options only box_score_thresh (the default score threshold) and num_classes (a check)
-    apply."""
-    from ..export.runtime import OnnxModel
-
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model {path} does not exist")
-    model = OnnxModel(path)
-    if variant not in (None, model.config.variant):
-        raise ValueError(f"{path} is a {model.config.variant} model, not {variant}")
-    options = dict(options)
-    if "num_classes" in options and options.pop("num_classes") != model.num_classes:
-        raise ValueError(f"{path} has {model.num_classes} classes (with background), not the num_classes asked for")
-    if "box_score_thresh" in options:
-        model.score_thresh = float(options.pop("box_score_thresh"))
-    if options:
-        raise ValueError(f"{path}: {', '.join(sorted(options))} cannot change in an exported graph "
-                         "(export again from the weights with the options you want)")
-    return model
-
-
-def _int_keys(mapping: Any) -> Any:
-    # JSON object keys are strings; labels are ints
-    return {int(k): int(v) for k, v in mapping.items()} if isinstance(mapping, dict) else mapping
-
-
-def _load_file(path: Path, variant: str | None, options: dict) -> tuple[MaskRCNN, dict]:
-    if path.suffix == ".json" and path.with_suffix(".safetensors").is_file():
-        path = path.with_suffix(".safetensors")  # pointed at the config: load the weights beside it
-    if not path.exists():
-        hint = (f"; named weights are {', '.join(hub.NAMED_WEIGHTS)}"
-                if ":" in str(path) or not path.suffix else "")
-        raise FileNotFoundError(f"checkpoint {path} does not exist{hint}")
-    config_file = config_path_for(path)
-    if path.suffix == ".safetensors" and config_file.is_file():
-        try:
-            meta = json.loads(config_file.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{config_file} (the config of {path.name}) is not valid JSON: {e}") from None
-        if isinstance(meta, dict) and meta.get("format") == "maskrcnn":
-            if variant not in (None, meta["config"].get("variant")):
-                raise ValueError(f"{path} is a {meta['config'].get('variant')} model, not {variant}")
-            return load_native(path, **options), meta
-    state = read_state_dict(path)
-    if is_detectron2_state_dict(state):
-        return _load_detectron2(path, state, options)
-    if any(k.startswith(("roi_heads.mask_head.predictor.", "backbone.fpn.lateral.")) for k in state):
-        raise ValueError(
-            f"{path} holds this library's own layout, but its config {config_file} is missing: "
-            "save_model writes both, keep them side by side"
-        )
-    if variant is None:
-        # Only v2 has a conv box head (keys roi_heads.box_head.0.*); v1 has fc6/fc7.
-        variant = "v2" if any(k.startswith("roi_heads.box_head.0.") for k in state) else "v1"
-    try:
-        return from_torchvision(state, variant, **options), {}
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        model, names, ids = build_from_checkpoint(open_checkpoint(source, download=download), variant, **options)
+    class_names = class_names if class_names is not None else names
+    category_ids = category_ids if category_ids is not None else ids
+    return Predictor(model, device=device, precision=precision, class_names=class_names,
+                     category_ids=category_ids, max_pixels=max_pixels)

@@ -1,5 +1,5 @@
-"""Named weights ("torchvision:maskrcnn_resnet50_fpn", ..._v2): where they live, a local cache,
-and a download with a hash check.
+"""Named weights ("torchvision:maskrcnn_resnet50_fpn", ..._v2, "detectron2:mask_rcnn_R_50_FPN_3x",
+...): where they live, a local cache, and a download with a hash check.
 
     >>> path = weights_path("torchvision:maskrcnn_resnet50_fpn")   # doctest: +SKIP
     PosixPath('/home/me/.cache/maskrcnn/torchvision/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth')
@@ -12,6 +12,11 @@ hash matches, so the cache never holds a partial or corrupt file under the final
 
 Offline (no network, `MASKRCNN_OFFLINE=1`, or `download=False`), `WeightsUnavailableError`
 says which URL to fetch and the exact path to put the file at.
+
+Detectron2's model zoo publishes no hashes (its file names end in an id, not a digest), so its
+files are checked by what they contain instead: the restricted unpickler that reads them
+(checkpoint/detectron2.py) builds numpy arrays only and cannot run code, and loading checks
+every tensor's name and shape.
 """
 from __future__ import annotations
 
@@ -27,8 +32,8 @@ from typing import Callable
 from ..io import atomic_open
 
 __all__ = [
-    "COCO_CATEGORY_NAMES", "NAMED_WEIGHTS", "NamedWeights", "WeightsUnavailableError",
-    "cache_dir", "download_file", "file_sha256", "weights_path",
+    "COCO_CATEGORY_NAMES", "NAMED_WEIGHTS", "NAME_PREFIXES", "NamedWeights", "WeightsUnavailableError",
+    "cache_dir", "download_file", "file_sha256", "is_named", "weights_path",
 ]
 
 # torchvision's COCO label list (torchvision.models._meta._COCO_CATEGORIES): index = label =
@@ -55,9 +60,10 @@ class NamedWeights:
     what torchvision's own `check_hash` compares (the full digest is not published)."""
 
     url: str
-    sha256_prefix: str
-    variant: str  # "v1" or "v2", for from_torchvision
+    sha256_prefix: str | None  # None: not published (Detectron2)
+    variant: str  # "v1" or "v2", for from_torchvision ("d2" for Detectron2's)
     class_names: tuple[str, ...]  # index 0 is label 1 (background has no entry)
+    kind: str = "torchvision"  # or "detectron2": also the cache sub-folder
 
     @property
     def filename(self) -> str:
@@ -79,7 +85,27 @@ NAMED_WEIGHTS: dict[str, NamedWeights] = {
         variant="v2",
         class_names=tuple(COCO_CATEGORY_NAMES[1:]),
     ),
+    # Detectron2's model zoo (COCO-InstanceSegmentation, FPN): box AP 38.6 / mask AP 35.2,
+    # 41.0 / 37.2, 42.9 / 38.6 (its MODEL_ZOO.md). Labels are Detectron2's class index 0..79.
+    **{
+        f"detectron2:{name}": NamedWeights(
+            url=f"https://dl.fbaipublicfiles.com/detectron2/COCO-InstanceSegmentation/{name}/{run}/model_final_{suffix}.pkl",
+            sha256_prefix=None, variant="d2", kind="detectron2",
+            class_names=tuple(n for n in COCO_CATEGORY_NAMES[1:] if n != "N/A"),
+        )
+        for name, run, suffix in (
+            ("mask_rcnn_R_50_FPN_1x", 137260431, "a54504"),
+            ("mask_rcnn_R_50_FPN_3x", 137849600, "f10217"),
+            ("mask_rcnn_R_101_FPN_3x", 138205316, "a3ec72"),
+        )
+    },
 }
+NAME_PREFIXES = ("torchvision:", "detectron2:")
+
+
+def is_named(source) -> bool:
+    """Whether `source` is a weights name ("torchvision:...", "detectron2:...") rather than a path."""
+    return isinstance(source, str) and source.startswith(NAME_PREFIXES)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -115,12 +141,13 @@ def _lookup(name: str) -> NamedWeights:
 
 
 def _offline_message(name: str, entry: NamedWeights, target: Path, reason: str) -> str:
+    check = f"its SHA-256 must start with {entry.sha256_prefix}; " if entry.sha256_prefix else ""
     return (
         f"{name}: {reason}.\n"
         f"Fetch {entry.url}\n"
         f"and put it at {target}\n"
         f"  e.g. mkdir -p '{target.parent}' && curl -L -o '{target}' '{entry.url}'\n"
-        f"(its SHA-256 must start with {entry.sha256_prefix}; set MASKRCNN_CACHE to use another "
+        f"({check}set MASKRCNN_CACHE to use another "
         f"cache folder, or pass the file's path instead of the name)"
     )
 
@@ -140,8 +167,11 @@ def weights_path(
     Raises WeightsUnavailableError (offline / download failed) or ValueError (bad hash).
     """
     entry = _lookup(name)
-    target = cache_dir() / "torchvision" / entry.filename
-    for candidate in (target, _torch_hub_checkpoints() / entry.filename):
+    target = cache_dir() / entry.kind / entry.filename
+    candidates = [target] + ([_torch_hub_checkpoints() / entry.filename] if entry.kind == "torchvision" else [])
+    for candidate in candidates:
+        if candidate.is_file() and entry.sha256_prefix is None:
+            return candidate
         if candidate.is_file():
             # Checked on every load: a file put there by hand is exactly what a user may have
             # got wrong, and hashing costs well under a second next to reading 170 MB of weights.

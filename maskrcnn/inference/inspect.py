@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from ..cli import HelpFormatter
 from ..modeling.mask_rcnn import MaskRCNN
 from ..modeling.matcher import match_to_gt
 from ..ops import mask_targets, roi_align
@@ -46,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskrcnn inspect",
         description="Draw anchors, RPN proposals, sampled RoIs and 28x28 mask targets for one training image.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, type=Path, help="COCO instances JSON")
     p.add_argument("--images", required=True, type=Path, help="folder the JSON's file_names are relative to")
     p.add_argument("--image-id", type=int, help="COCO image id (default: the first image with annotations)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--weights", help="a checkpoint load_model reads (native, torchvision, torchvision:NAME)")
+    group.add_argument("--weights", help="a checkpoint load_model reads (a file, or torchvision:NAME / detectron2:NAME)")
     group.add_argument("--preset", default="maskrcnn_resnet50_fpn", help="an untrained model of this preset")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--proposals", type=int, default=50, help="how many top proposals to draw")

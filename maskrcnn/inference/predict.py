@@ -46,6 +46,9 @@ from typing import Any
 
 import torch
 
+from ..cli import HelpFormatter
+from ..device import DEVICE_HELP, PRECISIONS, DeviceError, check_precision, resolve_device
+from ..io.progress import progress_bar
 from ..io import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
@@ -71,15 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskrcnn predict",
         description="Run Mask R-CNN on images; write COCO results JSON, overlays, label maps, RLE CSV.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("sources", nargs="+", metavar="SRC", help="image files, folders or glob patterns ('**' recurses)")
     p.add_argument("-w", "--weights", required=True,
                    help="model.safetensors (with its .json), a torchvision .pth/.safetensors, a Detectron2 "
                         "model zoo .pkl or .pth, or "
-                        "torchvision:maskrcnn_resnet50_fpn / torchvision:maskrcnn_resnet50_fpn_v2")
+                        "a name: torchvision:maskrcnn_resnet50_fpn[_v2], detectron2:mask_rcnn_R_50_FPN_3x, ...")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp16: half precision (float16 autocast), CUDA only")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring above this")
     p.add_argument("--mask-threshold", type=float, default=0.5, help="mask pixel = probability >= this")
@@ -174,11 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"maskrcnn predict: {e}")
         return 2
     try:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("CUDA is not available here (use --device cpu)")
-    except (RuntimeError, ValueError) as e:
-        say(f"maskrcnn predict: --device {args.device}: {e}")
+        device = resolve_device(args.device)
+        check_precision(args.precision, device)
+    except DeviceError as e:
+        say(f"maskrcnn predict: {e}")
         return 2
     out: Path = args.out
     # Every output is checked before the model is loaded, so a typo in --csv costs seconds,
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         try:
-            predictor = load_model(args.weights, device=args.device, variant=args.variant,
+            predictor = load_model(args.weights, device=args.device, precision=args.precision, variant=args.variant,
                                    max_pixels=args.max_pixels or None)
         except Exception as e:  # any load failure is the user's input; show it without a traceback
             say(f"maskrcnn predict: cannot load --weights {args.weights}: {e}")
@@ -255,8 +259,6 @@ def _key(path: Path) -> str:
 
 def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[Any],
          log: ProgressLog, say) -> int:
-    from tqdm import tqdm
-
     out: Path = args.out
     overlays, label_maps = not args.no_overlays, args.label_maps
 
@@ -279,8 +281,8 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
     stopped: int | None = None  # the signal that stopped the run
     fatal: str | None = None  # an output that cannot be written: every next image would fail too
     start = time.perf_counter()
-    bar = tqdm(total=len(paths), initial=earlier, unit="img", desc="predict",
-               disable=args.quiet or None, file=sys.stderr)
+    bar = progress_bar(len(paths), "predict", initial=earlier, unit="img", enabled=not args.quiet,
+                       file=sys.stderr)
 
     def fail(i: int, problem: str) -> None:
         failed.append((str(paths[i]), problem))
