@@ -75,6 +75,7 @@ class TrainConfig:
     log_period: int = 20  # iterations between metric records (JSON lines, TensorBoard)
     progress: bool = True  # tqdm progress bar on rank 0
     tensorboard: bool = True
+    plots: bool = True  # results.png and plots/ at the end (needs matplotlib, the [plots] extra)
     num_threads: int = 0  # torch CPU threads per process; 0 leaves torch's default
 
 

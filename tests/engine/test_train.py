@@ -172,3 +172,18 @@ def test_cuda_mixed_precision_trains_and_resumes(tiny_shapes, tmp_path):
     state = torch.load(tmp_path / "run" / "state_0000004.pt", weights_only=True)
     assert "scale" in state["scaler"] and "cuda" in state["rng"][0]
     assert all(torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point())
+
+
+def test_run_folder_gets_training_curves_and_eval_plots(tiny_shapes, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    out = tmp_path / "run"
+    run(tiny_overrides(tiny_shapes, out, max_iter=2, val=True))
+    names = sorted(p.name for p in (out / "plots").iterdir())
+    assert names == ["ap_per_class_bbox.png", "ap_per_class_segm.png", "confusion_matrix.csv",
+                     "confusion_matrix.png", "pr_curve_bbox.png", "pr_curve_segm.png"]
+    for path in [out / "results.png", *(out / "plots").glob("*.png")]:
+        with Image.open(path) as im:
+            im.load()
+    assert f"plots: {out / 'results.png'}" in capsys.readouterr().out
