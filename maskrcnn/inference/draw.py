@@ -14,7 +14,7 @@ Captions are placed where they cover no pixel of their own object and no other c
 above the box, below it, or beside it, preferring spots that cover no other object, in a
 smaller font when the full-size one does not fit (small images); a caption that fits nowhere
 is left out rather than drawn over something (the legend still names the class). The drawing steps are separate functions
-(`_blend_masks`, `_draw_boxes`, `_draw_captions`, `_draw_legend`) so others can be added.
+(`_blend_masks`, `_draw_boxes`, `_draw_captions`, `add_legend`) so others can be added.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from ..io import ImageSource, load_image
 from .colors import class_colors, instance_colors
 from .outputs import label_map
 
-__all__ = ["class_colors", "draw_instances", "instance_colors"]
+__all__ = ["add_legend", "class_colors", "draw_instances", "instance_colors"]
 
 _MIN_FONT = 7  # px: the smallest caption still readable on screen
 _PAD = 2  # px around caption text
@@ -150,7 +150,7 @@ def draw_instances(
                      + ("" if scores_np is None else f" {scores_np[i]:.2f}") for i in range(num)]
             _draw_captions(draw, boxes_np, texts, colors, finite, binary, (height, width))
     if legend:
-        canvas = _draw_legend(canvas, labels_np, class_names, colors)
+        canvas = add_legend(canvas, labels_np, class_names, colors)
     return canvas
 
 
@@ -262,9 +262,13 @@ def _text_color(color: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luma > 150 else (255, 255, 255)
 
 
-def _draw_legend(canvas: Image.Image, labels: np.ndarray, class_names, colors: np.ndarray) -> Image.Image:
-    """The canvas with a white panel on its right: one swatch + class name per class shown,
-    in label order; classes that do not fit the height are summed up as "+N more"."""
+def add_legend(canvas: Image.Image, labels, class_names: Sequence[str] | Mapping[int, str] | None = None,
+               colors: np.ndarray | None = None) -> Image.Image:
+    """The canvas with a white panel on its right: one swatch + class name per distinct label,
+    in label order, in `colors` (default: the class colours); classes that do not fit the
+    height are summed up as "+N more"."""
+    labels = _np(labels).astype(np.int64).reshape(-1)
+    colors = class_colors(np.maximum(labels, 0)) if colors is None else colors
     first = {}
     for i, label in enumerate(labels.tolist()):
         first.setdefault(label, i)
