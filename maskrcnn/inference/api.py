@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -38,7 +37,7 @@ from torch import Tensor
 from ..checkpoint.native import config_path_for, load_native
 from ..checkpoint.detectron2 import from_detectron2, is_detectron2_state_dict
 from ..checkpoint.torchvision import from_torchvision, read_state_dict
-from ..io import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from ..io import DEFAULT_MAX_PIXELS, ImageSource
 from ..modeling.mask_rcnn import MaskRCNN
 from . import hub
 from .draw import draw_instances

@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-maps", action="store_true", help="also write DIR/label_maps/NAME.png")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write a Kaggle-style RLE CSV (ImageId = NAME)")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
+    p.add_argument("--legend", action="store_true",
+                   help="overlays get a legend panel on the right (not video frames: their size stays fixed)")
     p.add_argument("--variant", choices=("v1", "v2"), help="layout of a torchvision checkpoint (default: inferred)")
     p.add_argument("--coco-ann", type=Path, metavar="ANN.json",
                    help="take image ids (matched by file name) and category ids (matched by class "
@@ -397,7 +399,7 @@ def _write_outputs(args, result: Result, item: InputItem, name: str, image_id: A
     try:
         if not args.no_overlays:
             target = out / "overlays" / f"{name}.png"
-            write_image(target, result.draw())
+            write_image(target, result.draw(legend=args.legend and item.frame is None))
         if args.label_maps:
             target = out / "label_maps" / f"{name}.png"
             write_label_map_png(target, result.label_map.numpy())

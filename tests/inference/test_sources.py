@@ -173,3 +173,11 @@ def test_cli_writes_per_frame_results_and_an_annotated_video(tiny_weights, tiny_
     with Image.open(out / "videos" / "anim.gif") as im:
         assert im.n_frames == FRAMES and im.info["duration"] == 80
     assert "annotated video(s)" in stderr
+
+
+def test_cli_legend_widens_still_overlays_only(tiny_weights, image_dir, gif, tmp_path):
+    code, stderr = _cli([str(image_dir / "img0.png"), str(gif), "--weights", str(tiny_weights),
+                         "--out", str(tmp_path / "o"), "--legend", "-q"])
+    assert code == 0, stderr
+    assert Image.open(tmp_path / "o" / "overlays" / "img0.png").width > 128
+    assert Image.open(tmp_path / "o" / "overlays" / "anim_000000.png").size == (128, 96)
