@@ -44,11 +44,23 @@ def test_training_curves_show_the_logged_values(tmp_path):
     np.testing.assert_allclose(box["AP"].get_xdata(), [10, 20, 30])
     np.testing.assert_allclose(box["AP50"].get_ydata(), [0.2, 0.4, 0.6])
 
-    path = plots.write_training_curves(tmp_path)
+    board = _Board()
+    path = plots.write_training_curves(tmp_path, board)
     assert path == tmp_path / "results.png"
+    assert [tag for tag, _ in board.figures] == ["results"]
     with Image.open(path) as im:
         im.load()
         assert im.format == "PNG" and im.width > 600
+
+
+class _Board:
+    """Stands in for TensorBoard's SummaryWriter: records add_figure calls."""
+
+    def __init__(self):
+        self.figures = []
+
+    def add_figure(self, tag, figure, step=None):
+        self.figures.append((tag, step))
 
 
 def _coco_case():
@@ -98,7 +110,10 @@ def test_write_eval_plots_files_and_confusion_counts(tmp_path):
     precision = {}
     results = {"bbox": evaluate_results(gt, dets, "bbox", precision_out=precision)}
     evaluator = SimpleNamespace(coco_gt=gt, precision=precision, evaluated_results=dets, evaluated_image_ids=[1, 2, 3])
-    written = plots.write_eval_plots(tmp_path / "p", evaluator, results, score_threshold=0.5)
+    board = _Board()
+    written = plots.write_eval_plots(tmp_path / "p", evaluator, results, score_threshold=0.5, tensorboard=board,
+                                     step=7)
+    assert board.figures == [("eval/pr_curve_bbox", 7), ("eval/ap_per_class_bbox", 7), ("eval/confusion_matrix", 7)]
     assert sorted(p.name for p in written) == ["ap_per_class_bbox.png", "confusion_matrix.csv",
                                                "confusion_matrix.png", "pr_curve_bbox.png"]
     for path in written:

@@ -124,6 +124,7 @@ def open_frames(path: str | os.PathLike) -> FrameReader | None:
                 durations = []
                 for i in range(count):
                     image.seek(i)
+                    image.load()  # WebP sets a frame's duration only when the frame is loaded
                     durations.append(int(image.info.get("duration", 100)) or 100)
         except Exception:
             return None  # load_image reports what is wrong with it
@@ -156,8 +157,8 @@ def _open_video(path: Path) -> FrameReader:
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray | Image.Image], *, fps: float = 25.0,
                 durations: list[int] | None = None) -> Path:
     """Write RGB frames (uint8 (H, W, 3) arrays or PIL images, all one size) atomically:
-    .gif / .webp / .png as an animated image (Pillow; `durations` in ms per frame, default
-    from fps), anything else as a video through PyAV (H.264 in .mp4/.mkv/.mov where the
+    .gif / .webp (lossless) / .png as an animated image (Pillow; `durations` in ms per frame,
+    default from fps), anything else as a video through PyAV (H.264 in .mp4/.mkv/.mov where the
     build has an encoder, else MPEG-4 part 2). Returns the path."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -167,8 +168,9 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray | Image.Ima
             raise ValueError(f"{path}: no frames to write")
         duration = durations or [round(1000 / fps)] * len(images)
         fmt = "PNG" if suffix in (".png", ".apng") else suffix.lstrip(".").upper()
+        extra = {"lossless": True} if fmt == "WEBP" else {}  # thin outlines and captions stay crisp
         return atomic_write(path, lambda tmp: images[0].save(
-            tmp, format=fmt, save_all=True, append_images=images[1:], duration=duration, loop=0))
+            tmp, format=fmt, save_all=True, append_images=images[1:], duration=duration, loop=0, **extra))
     av = _av(str(path))
     return atomic_write(path, lambda tmp: _encode(av, tmp, frames, fps))
 

@@ -181,3 +181,26 @@ def test_cli_legend_widens_still_overlays_only(tiny_weights, image_dir, gif, tmp
     assert code == 0, stderr
     assert Image.open(tmp_path / "o" / "overlays" / "img0.png").width > 128
     assert Image.open(tmp_path / "o" / "overlays" / "anim_000000.png").size == (128, 96)
+
+
+def test_folders_pick_up_videos_and_animations(clip, tmp_path):
+    import shutil
+
+    shutil.copy(clip, tmp_path / "b_clip.mp4")
+    Image.fromarray(make_image(0)).save(tmp_path / "a.png")
+    write_video(tmp_path / "c.webp", _moving_frames(), fps=5)
+    (tmp_path / "notes.txt").write_text("not an input")
+    items = expand_inputs(tmp_path)
+    assert [(i.path.name, i.frame) for i in items] == \
+        [("a.png", None)] + [("b_clip.mp4", k) for k in range(FRAMES)] + [("c.webp", k) for k in range(FRAMES)]
+    assert items[1].label == f"{tmp_path / 'b_clip.mp4'}#0" and items[-1].reader.fps == pytest.approx(5)
+    last = items[-1].load(None).mul(255).round().byte().permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(last, _moving_frames()[-1])  # written losslessly
+
+
+def test_cli_without_pyav_stops_before_loading_the_model(tmp_path, monkeypatch):
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
+    monkeypatch.setitem(sys.modules, "av", None)
+    code, stderr = _cli([str(tmp_path / "clip.mp4"), "--weights", str(tmp_path / "missing.safetensors"),
+                         "--out", str(tmp_path / "o")])
+    assert code == 2 and 'pip install "maskrcnn[video]"' in stderr and "missing.safetensors" not in stderr
