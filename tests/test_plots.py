@@ -139,3 +139,19 @@ def test_without_matplotlib_plots_are_skipped_with_a_hint(tmp_path, monkeypatch)
     message = _write_plots(tmp_path, None, {}, None, 1)
     assert message.startswith("plots skipped: matplotlib is not installed")
     assert not (tmp_path / "results.png").exists()
+
+
+def test_figures_reach_a_real_tensorboard_log(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    plots.write_training_curves(tmp_path, writer)
+    writer.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    [image] = events.Images("results")
+    with Image.open(__import__("io").BytesIO(image.encoded_image_string)) as im:
+        assert im.width > 600

@@ -127,8 +127,8 @@ def ground_truth_beside_prediction(image: torch.Tensor, target: dict, det, class
     enlarged = big(image)
     truth = draw_instances(enlarged, target["boxes"] * scale, target["labels"], None,
                            big(target["masks"].bool()), class_names)
-    predicted = draw_instances(enlarged, det.boxes * scale, det.labels, det.scores, big(det.masks >= 0.5),
-                               class_names)
+    predicted = draw_instances(enlarged, det.boxes * scale, det.labels, det.scores,
+                               None if det.masks is None else big(det.masks >= 0.5), class_names)
     title_h = 18
     canvas = Image.new("RGB", (truth.width * 2, truth.height + title_h), (255, 255, 255))
     canvas.paste(truth, (0, title_h))
