@@ -198,7 +198,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], *, score_thr
     the row, i.e. of that true class), each cell with its count."""
     matrix = np.asarray(matrix)
     n = len(names)
-    fig = _figure(max(4.5, 0.45 * n + 2.5), max(4.0, 0.45 * n + 2.0))
+    fig = _figure(max(5.5, 0.45 * n + 3.0), max(4.5, 0.45 * n + 2.0))
     ax = fig.subplots()
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=np.float64), where=rows > 0)
@@ -212,7 +212,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], *, score_thr
     ax.set_xticks(range(n), names, rotation=90 if n > 6 else 0)
     ax.set_yticks(range(n), names)
     ax.set(xlabel="predicted", ylabel="true",
-           title=f"confusion matrix (score >= {score_threshold:g}, IoU >= {iou_threshold:g})")
+           title=f"confusion matrix\nscore >= {score_threshold:g}, IoU >= {iou_threshold:g}")
     fig.colorbar(image, ax=ax, label="share of the true class", shrink=0.8)
     return fig
 
