@@ -80,6 +80,7 @@ class TrainConfig:
     log_period: int = 20  # iterations between metric records (JSON lines, TensorBoard)
     progress: bool = True  # rank 0: a bar on a terminal, else a plain line every 30 s
     tensorboard: bool = True
+    plots: bool = True  # results.png and plots/ at the end (needs matplotlib, the [plots] extra)
     num_threads: int = 0  # torch CPU threads per process; 0 leaves torch's default
 
 

@@ -8,8 +8,8 @@
 2. trains the small CPU config (maskrcnn/configs/shapes_cpu.yaml) through the same `train` as
    `maskrcnn train`, with checkpoints, metrics.jsonl and TensorBoard logs;
 3. evaluates on the held-out images with pycocotools (bbox and segm AP);
-4. draws the predictions on some held-out images (overlays/*.png) and writes summary.json and
-   summary.txt.
+4. draws some held-out images, ground truth beside predictions (overlays/*.png), and writes
+   summary.json and summary.txt.
 
 The last line printed is `demo: mask AP50 = X.XXX, mask AP = X.XXX, time = N s`.
 """
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ..cli import HelpFormatter
 from ..data import CocoDataset, generate_shapes_dataset, write_json_atomic
@@ -101,28 +101,41 @@ def main(argv: list[str] | None = None) -> int:
 
 @torch.no_grad()
 def draw_overlays(model, annotations: Path, out_dir: Path, count: int, score_thresh: float = 0.5) -> list[Path]:
-    """The first `count` held-out images, each beside its predictions (score >= score_thresh)."""
-    from ..inference.draw import draw_instances
-
+    """The first `count` held-out images: ground truth on the left, predictions (score >=
+    score_thresh) on the right, a legend of every class (same class, same colour) beside."""
     dataset = CocoDataset(annotations, annotations.parent / "images")
+    names = ["__background__", *dataset.class_names]
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(min(count, len(dataset))):
         image, target = dataset[index]
         det = model([image], score_thresh=score_thresh).detections[0]
-        # 128 px is tiny on a screen: draw on a 3x nearest-neighbour enlargement so that the
-        # pixels stay crisp and the captions readable
-        k = 3
-        big = image.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)
-        masks = (det.masks >= 0.5).repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)
-        drawn = draw_instances(big, det.boxes * k, det.labels, det.scores, masks,
-                               ["__background__", *dataset.class_names])
-        # input on the left, predictions on the right
-        canvas = Image.new("RGB", (drawn.width * 2, drawn.height))
-        canvas.paste(draw_instances(big, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)), (0, 0))
-        canvas.paste(drawn, (drawn.width, 0))
         path = out_dir / f"{target['image_id']:06d}.png"
-        write_image(path, canvas)
+        write_image(path, ground_truth_beside_prediction(image, target, det, names))
         paths.append(path)
     return paths
+
+
+def ground_truth_beside_prediction(image: torch.Tensor, target: dict, det, class_names: list[str],
+                                   scale: int = 3) -> Image.Image:
+    """[ground truth | prediction | legend], titled, drawn on a `scale`x nearest-neighbour
+    enlargement (128 px is tiny on a screen; the pixels stay crisp, the captions readable)."""
+    from ..inference.draw import add_legend, draw_instances
+
+    def big(x: torch.Tensor) -> torch.Tensor:
+        return x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+
+    enlarged = big(image)
+    truth = draw_instances(enlarged, target["boxes"] * scale, target["labels"], None,
+                           big(target["masks"].bool()), class_names)
+    predicted = draw_instances(enlarged, det.boxes * scale, det.labels, det.scores,
+                               None if det.masks is None else big(det.masks >= 0.5), class_names)
+    title_h = 18
+    canvas = Image.new("RGB", (truth.width * 2, truth.height + title_h), (255, 255, 255))
+    canvas.paste(truth, (0, title_h))
+    canvas.paste(predicted, (truth.width, title_h))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), f"ground truth ({len(target['labels'])})", fill=(0, 0, 0))
+    draw.text((truth.width + 4, 3), f"prediction ({len(det.labels)})", fill=(0, 0, 0))
+    return add_legend(canvas, torch.arange(1, len(class_names)), class_names)

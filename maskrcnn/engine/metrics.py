@@ -58,6 +58,17 @@ class MetricsWriter:
                 if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(key, value, iteration)
 
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    @property
+    def tensorboard(self):
+        """The TensorBoard SummaryWriter, or None (disabled, or tensorboard not installed)."""
+        return self._tb
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

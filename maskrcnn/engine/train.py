@@ -374,6 +374,9 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
         eval_results = evaluate(s.max_iter)
         if info.is_main and eval_results:
             write_json_atomic(eval_results, out / "eval_final.json")
+    if info.is_main and t.plots:
+        metrics.flush()
+        log(_write_plots(out, evaluator if eval_results else None, eval_results, metrics.tensorboard, s.max_iter))
     skipped = len(train_set.skipped)
     if cfg.data.skip_bad:
         log(f"skipped {skipped} bad images/annotations" + (f" (listed in {out / 'skipped.json'})" if skipped else ""))
@@ -382,6 +385,23 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     metrics.close()
     return TrainResult(model=model, iteration=s.max_iter, output_dir=out, final_weights=final_weights,
                        eval_results=eval_results, skipped=skipped)
+
+
+def _write_plots(out: Path, evaluator, eval_results: dict, tensorboard, iteration: int) -> str:
+    """RUN/results.png (training curves) and, after an evaluation, RUN/plots/; returns the
+    line to log. Plotting never fails a finished run: a problem is reported and skipped."""
+    from ..plots import PlotsUnavailable, write_eval_plots, write_training_curves
+
+    try:
+        written = [write_training_curves(out, tensorboard)]
+        if evaluator is not None:
+            written += write_eval_plots(out / "plots", evaluator, eval_results, tensorboard=tensorboard,
+                                        step=iteration)
+    except PlotsUnavailable as e:
+        return str(e)
+    except Exception as e:  # a plot is a nicety; the weights and numbers are already written
+        return f"plots skipped: {type(e).__name__}: {e}"
+    return f"plots: {written[0]}" + (f" and {len(written) - 1} files in {out / 'plots'}" if len(written) > 1 else "")
 
 
 def _make_evaluator(train_set: CocoDataset, val_set: CocoDataset):

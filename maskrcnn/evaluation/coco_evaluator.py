@@ -82,6 +82,10 @@ class COCOEvaluator:
     def reset(self) -> None:
         self._results: list[dict] = []
         self._image_ids: set[int] = set()
+        # per IoU type, COCOeval's precision array of the last evaluate() (for PR-curve plots)
+        self.precision: dict[str, np.ndarray] = {}
+        self.evaluated_results: list[dict] = []
+        self.evaluated_image_ids: list[int] = []
 
     def process(self, inputs: Sequence[Mapping[str, Any] | int], outputs: Sequence[Detections]) -> None:
         """inputs: one target dict with "image_id" (or the id itself) per image; outputs: the
@@ -113,14 +117,22 @@ class COCOEvaluator:
             return {}
         results = [r for part, _ in gathered for r in part]
         image_ids = sorted({i for _, ids in gathered for i in ids})
-        return {t: evaluate_results(self.coco_gt, results, t, image_ids, self.class_names) for t in self.iou_types}
+        # what was evaluated, all processes' together, for plots (confusion matrix)
+        self.evaluated_results, self.evaluated_image_ids = results, image_ids
+        self.precision = {}
+        return {t: evaluate_results(self.coco_gt, results, t, image_ids, self.class_names,
+                                    precision_out=self.precision) for t in self.iou_types}
+
 
 
 def evaluate_results(
     coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list[int] | None = None,
     class_names: Sequence[str] | None = None,
+    precision_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """COCOeval on one IoU type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}."""
+    """COCOeval on one IoU type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}.
+    precision_out: if given, gets COCOeval's eval["precision"] array under the IoU type
+    (nothing when there are no results to evaluate)."""
     cat_ids = sorted(coco_gt.getCatIds())
     names = list(class_names) if class_names is not None and len(class_names) == len(cat_ids) else \
         [coco_gt.cats[c].get("name", str(c)) for c in cat_ids]
@@ -146,6 +158,8 @@ def evaluate_results(
     # precision: (IoU thresholds, recall thresholds, classes, area ranges, max dets);
     # area "all" is index 0 and maxDets 100 is the last.
     precision = coco_eval.eval["precision"]
+    if precision_out is not None:
+        precision_out[iou_type] = precision
     per_class = {}
     for k, name in enumerate(names):
         p = precision[:, :, k, 0, -1]

@@ -123,9 +123,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not check every image file before evaluating (found when reached instead)")
     parser.add_argument("--map-classes-by-position", action="store_true",
                         help="score the model's i-th class as the data's i-th category even when their names differ")
+    parser.add_argument("--plots", metavar="DIR", help="write precision-recall curves, per-class AP bars and a "
+                        "confusion matrix (PNG, needs matplotlib: the [plots] extra) into DIR")
+    parser.add_argument("--plot-score-threshold", type=float, default=0.5, metavar="S",
+                        help="detections scoring >= S count in the confusion matrix (default: 0.5)")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
+        if args.plots:
+            from ..io import check_writable
+
+            check_writable(Path(args.plots), folder=True)  # before the evaluation, not after it
         dataset = CocoDataset(args.data, args.images, skip_bad=args.skip_bad, check_files=not args.no_file_check,
                               allow_outside_image_dir=args.allow_outside_image_dir)
         if args.skip_bad:
@@ -154,4 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         write_coco_json(out / "coco_instances_results.json", evaluator.results)
         write_json_atomic(results, out / "metrics.json")
         print(f"wrote {out / 'coco_instances_results.json'} and {out / 'metrics.json'}")
+    if args.plots:
+        from ..plots import PlotsUnavailable, write_eval_plots
+
+        try:
+            written = write_eval_plots(args.plots, evaluator, results, score_threshold=args.plot_score_threshold)
+        except PlotsUnavailable as e:
+            print(f"maskrcnn eval: {e}", file=sys.stderr)
+        except OSError as e:
+            print(f"maskrcnn eval: --plots {args.plots}: {e}", file=sys.stderr)
+            return 2
+        else:
+            print(f"wrote {len(written)} plot files to {args.plots}: " + ", ".join(p.name for p in written))
     return 0

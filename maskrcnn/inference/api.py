@@ -26,23 +26,23 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
 from ..checkpoint.loader import build_from_checkpoint, open_checkpoint
 from ..device import autocast, check_precision, resolve_device
-from ..io import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from ..io import DEFAULT_MAX_PIXELS, ImageSource
 from ..modeling.mask_rcnn import MaskRCNN
 from .draw import draw_instances
 from .outputs import label_map as combine_masks
 from .outputs import to_coco_results, write_coco_json, write_image, write_label_map_png
+from .sources import InputItem, iter_inputs
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Predictor", "Result", "load_model"]
 
@@ -69,6 +69,7 @@ class Result:
     masks: Tensor | None
     image_size: tuple[int, int]
     source: str | None = None  # the file it came from, or a description such as "<numpy array>"
+    frame: int | None = None  # the frame of a video or animated image `source` (0-based)
     mask_threshold: float | None = 0.5
     # indexed by label (0 = background); used by draw()
     label_names: list[str] | None = field(default=None, repr=False)
@@ -84,7 +85,8 @@ class Result:
         shown = ", ".join(f"{n} {s:.2f}" for n, s in zip(self.class_names[:5], self.scores.tolist()))
         more = ", ..." if len(self) > 5 else ""
         h, w = self.image_size
-        return f"Result({len(self)} detections [{shown}{more}], image {h}x{w}, source={self.source!r})"
+        frame = "" if self.frame is None else f", frame={self.frame}"
+        return f"Result({len(self)} detections [{shown}{more}], image {h}x{w}, source={self.source!r}{frame})"
 
     @property
     def binary_masks(self) -> Tensor | None:
@@ -126,7 +128,8 @@ class Result:
 
         path ending in .json: COCO results; .png/.jpg/...: the overlay; anything else is a
         folder that gets NAME.png (overlay), NAME.json (COCO results) and NAME_labels.png
-        (the label map, 8-bit or 16-bit grayscale), NAME being `name` or the input file's stem.
+        (the label map, a palette PNG of the instance ids), NAME being `name` or the input
+        file's stem (with _FRAME, six digits, for a frame of a video or animated image).
         """
         path = Path(path)
         suffix = path.suffix.lower()
@@ -136,6 +139,8 @@ class Result:
             return [write_image(path, self.draw())]
         if name is None:
             name = Path(self.source).stem if self.source and not self.source.startswith("<") else "image"
+            if self.frame is not None:
+                name = f"{name}_{self.frame:06d}"
         written = [write_image(path / f"{name}.png", self.draw()),
                    write_coco_json(path / f"{name}.json", self.to_coco(image_id))]
         if self.masks is not None:
@@ -196,12 +201,19 @@ class Predictor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         *,
         keep_images: bool = True,
-    ) -> list[Result]:
-        """One `Result` per image, in input order.
+        stream: bool = False,
+    ) -> list[Result] | Iterator[Result]:
+        """One `Result` per image, in input order: a list, or with stream=True an iterator
+        that reads and predicts `batch_size` images at a time (`Predictor.stream`), so a long
+        video or a big folder never sits in memory whole.
 
-        images: a path, PIL image, numpy array ((H, W) or (H, W, C), channels last) or tensor
-            ((3, H, W) channels first, or a (N, 3, H, W) batch), or a list of them. Grayscale,
-            RGBA, palette, 16-bit and EXIF-rotated images are converted (see `maskrcnn.io.load_image`).
+        images: what `maskrcnn predict` takes, alone or in a list: an image file, a folder (its
+            image and video files, sorted), a glob pattern ("shots/*.jpg", "**" recurses), a
+            video file (each frame, through PyAV: the [video] extra) or an animated GIF / WebP /
+            PNG (each frame); or a PIL image, a numpy array ((H, W) or (H, W, C), channels last)
+            or a tensor ((3, H, W) channels first, or a (N, 3, H, W) batch). Grayscale, RGBA,
+            palette, 16-bit and EXIF-rotated images are converted (see `maskrcnn.io.load_image`).
+            A frame's Result has `source` = the file and `frame` = its index.
         score_threshold: keep detections with score > score_threshold (None: the model's own
             box_score_thresh). It is applied before the mask head, which therefore runs only
             on the detections returned.
@@ -212,13 +224,43 @@ class Predictor:
         keep_images: keep each input tensor on its Result for `draw()` / `save()`.
 
         Raises `maskrcnn.io.ImageLoadError` (a subclass of ValueError) naming any image that cannot
-        be read or is above `max_pixels`.
+        be read or is above `max_pixels`, FileNotFoundError naming a path, folder or pattern
+        that gives no file (with stream=True: when the iteration reaches it).
         """
-        items = _as_list(images)
-        tensors = [load_image(src, max_pixels=self.max_pixels) for src in items]
-        names = [os.fspath(s) if isinstance(s, (str, os.PathLike)) else None for s in items]
-        return self.predict_tensors(tensors, names, score_threshold, mask_threshold, batch_size,
-                                    keep_images=keep_images)
+        results = self.stream(images, score_threshold, mask_threshold, batch_size, keep_images=keep_images)
+        return results if stream else list(results)
+
+    def stream(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        score_threshold: float | None = 0.5,
+        mask_threshold: float | None = 0.5,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        keep_images: bool = True,
+    ) -> Iterator[Result]:
+        """`predict` as a generator: Results one by one, in input order, as each batch of
+        `batch_size` images is done (Ultralytics' `stream=True`)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        chunk: list[InputItem] = []
+        for item in iter_inputs(images):
+            chunk.append(item)
+            if len(chunk) == batch_size:
+                yield from self._predict_items(chunk, score_threshold, mask_threshold, batch_size, keep_images)
+                chunk = []
+        if chunk:
+            yield from self._predict_items(chunk, score_threshold, mask_threshold, batch_size, keep_images)
+
+    def _predict_items(self, items: list[InputItem], score_threshold, mask_threshold, batch_size: int,
+                       keep_images: bool) -> list[Result]:
+        tensors = [item.load(self.max_pixels) for item in items]
+        sources = [str(item.path) if item.path is not None else None for item in items]
+        results = self.predict_tensors(tensors, sources, score_threshold, mask_threshold, batch_size,
+                                       keep_images=keep_images)
+        for item, result in zip(items, results):
+            result.frame = item.frame
+        return results
 
     __call__ = predict
 
@@ -285,21 +327,6 @@ class Predictor:
             source=source, mask_threshold=mask_threshold, label_names=label_names,
             category_ids=self.category_ids, image=image.cpu() if keep_image else None,
         )
-
-
-def _as_list(images: Any) -> list:
-    """One image or many -> a list of single images."""
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        return [images]
-    if isinstance(images, (Tensor, np.ndarray)):
-        # (N, C, H, W) tensors and (N, H, W, C) arrays are batches; anything else is one image
-        return list(images) if images.ndim == 4 else [images]
-    if isinstance(images, Sequence):
-        if len(images) == 0:
-            raise ValueError("no images given")
-        return list(images)
-    raise TypeError(f"images must be a path, PIL image, numpy array, tensor or a list of them, "
-                    f"got {type(images).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,16 +1,23 @@
-"""Overlay images: colored masks, outlines, boxes and "class score" captions.
+"""Overlay images: colored masks, outlines, boxes, "class score" captions and a legend.
 
     >>> overlay = draw_instances(image, det.boxes, det.labels, det.scores, det.masks,
     ...                          class_names=["__background__", "person", ...])  # doctest: +SKIP
     >>> overlay.save("overlay.png")                                               # doctest: +SKIP
 
+Colours follow the class (`colors.class_colors`): every instance of a class has the class's
+colour in every image; outlines at full strength keep touching instances of one class apart.
 Mask blending is one vectorized pass over a label map (each pixel takes the color of the
 highest-scoring instance covering it, the same rule as `outputs.label_map`), so the cost does
 not grow with a Python loop over pixels; only boxes and captions loop over instances.
+
+Captions are placed where they cover no pixel of their own object and no other caption:
+above the box, below it, or beside it, preferring spots that cover no other object, in a
+smaller font when the full-size one does not fit (small images); a caption that fits nowhere
+is left out rather than drawn over something (the legend still names the class). The drawing steps are separate functions
+(`_blend_masks`, `_draw_boxes`, `_draw_captions`, `add_legend`) so others can be added.
 """
 from __future__ import annotations
 
-import colorsys
 import functools
 from collections.abc import Mapping, Sequence
 
@@ -20,25 +27,13 @@ from torch import Tensor
 
 from ..io import ImageSource, load_image
 from ..ops.masks import chunk_ranges
+from .colors import class_colors, instance_colors
 from .outputs import label_map
 
-__all__ = ["draw_instances", "instance_colors"]
+__all__ = ["add_legend", "class_colors", "draw_instances", "instance_colors"]
 
-_GOLDEN = 0.618033988749895
-
-
-def instance_colors(num: int) -> np.ndarray:
-    """uint8 (num, 3) RGB colors, the same for the same `num` on every run.
-
-    Hues step by the golden ratio around the wheel, so consecutive instances (which usually
-    neighbour each other in score order) get far-apart hues and no two of the first few dozen
-    look alike; saturation and value alternate to separate the rare near-equal hues.
-    """
-    colors = [
-        colorsys.hsv_to_rgb((0.07 + i * _GOLDEN) % 1.0, 0.85 if i % 2 == 0 else 0.6, 0.95 if i % 3 else 0.8)
-        for i in range(num)
-    ]
-    return np.round(np.array(colors, dtype=np.float64).reshape(num, 3) * 255).astype(np.uint8)
+_MIN_FONT = 7  # px: the smallest caption still readable on screen
+_PAD = 2  # px around caption text
 
 
 # Float working copies of an image are made a band of rows of this size at a time.
@@ -118,8 +113,11 @@ def draw_instances(
     mask_threshold: float = 0.5,
     show_boxes: bool = True,
     show_labels: bool = True,
+    color_by: str = "class",
+    legend: bool = False,
 ) -> Image.Image:
-    """Draw one image's detections; returns an RGB PIL image of the input's size.
+    """Draw one image's detections; returns an RGB PIL image of the input's size (wider by
+    the legend panel when `legend=True`).
 
     image: float (3, H, W) in [0, 1] or uint8 (3, H, W) tensor, uint8 (H, W, 3) array, a PIL
         image or a path (anything `load_image` takes).
@@ -128,10 +126,12 @@ def draw_instances(
     masks: bool (R, H, W), float probabilities (binarized with `>= mask_threshold`), or None.
     class_names: indexed by label, so index 0 is background (torchvision's category lists
         work as they are), or a {label: name} dict; None shows the label number.
-    alpha: mask opacity. Instance i gets color `instance_colors(R)[i]` for its mask, its
-        outline (full strength, so touching instances stay apart) and its box.
+    alpha: mask opacity. Each instance's mask, outline (full strength) and box take its colour:
+    color_by: "class" (default: colour k of `instance_colors` for label k, the same in every
+        image) or "instance" (colour i for the i-th detection).
+    legend: add a panel on the right with a colour swatch and name per class shown.
 
-    Pixels change only inside masks, on box lines and under captions.
+    Pixels of the image change only inside masks, on box lines and under captions.
     """
     rgb = _to_uint8_hwc(image)
     height, width = rgb.shape[:2]
@@ -142,53 +142,179 @@ def draw_instances(
     if labels_np.shape[0] != num or (scores_np is not None and scores_np.shape[0] != num):
         raise ValueError(f"got {num} boxes, {labels_np.shape[0]} labels and "
                          f"{None if scores_np is None else scores_np.shape[0]} scores")
-    colors = instance_colors(num)
+    if color_by == "class":
+        colors = class_colors(np.maximum(labels_np, 0))
+    elif color_by == "instance":
+        colors = instance_colors(num)
+    else:
+        raise ValueError(f"color_by must be 'class' or 'instance', got {color_by!r}")
     line = max(1, round(max(height, width) / 500))  # about 1 px at 500 px, 3 px at 1333 px
 
+    binary = None
     out = rgb
     if masks is not None and num:
         m = _np(masks)
         if m.shape != (num, height, width):
             raise ValueError(f"expected masks of shape {(num, height, width)}, got {m.shape}")
-        rank = scores_np if scores_np is not None else -np.arange(num, dtype=np.float64)
-        labels_map = label_map(m if m.dtype == np.bool_ else m >= mask_threshold, rank)  # (H, W) int32
-        palette = np.concatenate([np.zeros((1, 3)), colors]).astype(np.float32)  # row 0: background
-        edge = _outline(labels_map, line)
-        out = np.empty_like(rgb)
-        for rows in chunk_ranges(height, 3 * width, _BAND_BYTES):  # bands of rows: float copies stay small
-            band_labels, band_edge = labels_map[rows], edge[rows]
-            covered = band_labels > 0
-            blended = rgb[rows].astype(np.float32)
-            blended[covered] = (1 - alpha) * blended[covered] + alpha * palette[band_labels[covered]]
-            blended[band_edge] = palette[band_labels[band_edge]]
-            out[rows] = np.clip(np.rint(blended, out=blended), 0, 255, out=blended)
+        binary = m if m.dtype == np.bool_ else m >= mask_threshold
+        out = _blend_masks(rgb, binary, scores_np, colors, alpha, line)
 
     canvas = Image.fromarray(out)
-    if not (show_boxes or show_labels) or num == 0:
-        return canvas
-    draw = ImageDraw.Draw(canvas)
-    font = _font(max(10, round(max(height, width) / 60)))
-    for i in range(num):
-        if not np.isfinite(boxes_np[i]).all():
-            continue  # nothing sensible to draw, and PIL would raise
-        x1, x2 = sorted(boxes_np[i, [0, 2]])
-        y1, y2 = sorted(boxes_np[i, [1, 3]])
-        color = tuple(int(c) for c in colors[i])
+    if num and (show_boxes or show_labels):
+        finite = np.isfinite(boxes_np).all(axis=1)  # nothing sensible to draw otherwise, and PIL would raise
+        draw = ImageDraw.Draw(canvas)
         if show_boxes:
-            draw.rectangle((x1, y1, x2, y2), outline=color, width=line)
+            _draw_boxes(draw, boxes_np, colors, finite, line)
         if show_labels:
-            text = _class_name(int(labels_np[i]), class_names)
-            if scores_np is not None:
-                text = f"{text} {scores_np[i]:.2f}"
-            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-            tw, th, pad = right - left, bottom - top, 2
-            # above the box when there is room, else just inside its top edge; kept in the image
-            tx = min(max(x1, 0), max(width - tw - 2 * pad, 0))
-            ty = y1 - th - 2 * pad if y1 - th - 2 * pad >= 0 else max(y1, 0)
-            ty = min(ty, max(height - th - 2 * pad, 0))
-            draw.rectangle((tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad), fill=color)
-            # dark text on light colors, white on dark ones (ITU-R 601 luma)
-            luma = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-            draw.text((tx + pad - left, ty + pad - top), text, font=font,
-                      fill=(0, 0, 0) if luma > 150 else (255, 255, 255))
+            texts = [_class_name(int(labels_np[i]), class_names)
+                     + ("" if scores_np is None else f" {scores_np[i]:.2f}") for i in range(num)]
+            _draw_captions(draw, boxes_np, texts, colors, finite, binary, (height, width))
+    if legend:
+        canvas = add_legend(canvas, labels_np, class_names, colors)
     return canvas
+
+
+def _blend_masks(rgb: np.ndarray, masks: np.ndarray, scores: np.ndarray | None, colors: np.ndarray,
+                 alpha: float, line: int) -> np.ndarray:
+    num = masks.shape[0]
+    rank = scores if scores is not None else -np.arange(num, dtype=np.float64)
+    labels_map = label_map(masks, rank)  # (H, W) int32
+    palette = np.concatenate([np.zeros((1, 3)), colors]).astype(np.float32)  # row 0: background
+    edge = _outline(labels_map, line)
+    height, width = labels_map.shape
+    out = np.empty_like(rgb)
+    for rows in chunk_ranges(height, 3 * width, _BAND_BYTES):  # bands of rows: float copies stay small
+        band_labels, band_edge = labels_map[rows], edge[rows]
+        covered = band_labels > 0
+        blended = rgb[rows].astype(np.float32)
+        blended[covered] = (1 - alpha) * blended[covered] + alpha * palette[band_labels[covered]]
+        blended[band_edge] = palette[band_labels[band_edge]]
+        out[rows] = np.clip(np.rint(blended, out=blended), 0, 255, out=blended)
+    return out
+
+
+def _draw_boxes(draw: ImageDraw.ImageDraw, boxes: np.ndarray, colors: np.ndarray, finite: np.ndarray,
+                line: int) -> None:
+    for i in np.flatnonzero(finite):
+        x1, x2 = sorted(boxes[i, [0, 2]])
+        y1, y2 = sorted(boxes[i, [1, 3]])
+        draw.rectangle((x1, y1, x2, y2), outline=tuple(int(c) for c in colors[i]), width=line)
+
+
+def _font_sizes(height: int, width: int) -> list[int]:
+    """Caption font sizes to try, largest first: about 1/60 of the image side (at least 10
+    px), shrinking by a fifth per step down to _MIN_FONT."""
+    size = max(10, round(max(height, width) / 60))
+    sizes = [size]
+    while sizes[-1] > _MIN_FONT:
+        sizes.append(max(_MIN_FONT, int(sizes[-1] * 0.8)))
+    return sizes
+
+
+def _caption_spots(box: np.ndarray, w: int, h: int, height: int, width: int):
+    """Top-left corners for a w x h caption around `box`, in order of preference: above
+    (left-aligned, then right-aligned), below, left of, right of the box; each moved inside
+    the image."""
+    x1, x2 = sorted(box[[0, 2]])
+    y1, y2 = sorted(box[[1, 3]])
+    x1, y1 = int(np.floor(x1)), int(np.floor(y1))
+    x2, y2 = int(np.ceil(x2)), int(np.ceil(y2))
+    for x, y in ((x1, y1 - h - 1), (x2 - w, y1 - h - 1), (x1, y2 + 1), (x2 - w, y2 + 1),
+                 (x1 - w - 1, y1), (x2 + 1, y1), (x1 - w - 1, y2 - h), (x2 + 1, y2 - h)):
+        yield min(max(x, 0), max(width - w, 0)), min(max(y, 0), max(height - h, 0))
+
+
+def _draw_captions(draw: ImageDraw.ImageDraw, boxes: np.ndarray, texts: list[str], colors: np.ndarray,
+                   finite: np.ndarray, masks: np.ndarray | None,
+                   size: tuple[int, int]) -> list[tuple[int, int, int, int] | None]:
+    """Captions covering none of their own object's pixels (its mask, or its box when there
+    are no masks) and no other caption, and as little as possible of other objects. Returns
+    each caption's (x, y, w, h) rectangle, None where it was left out."""
+    height, width = size
+    pixel_boxes = np.zeros((len(boxes), 4), dtype=np.int64)  # x1, y1, x2, y2 clipped, exclusive ends
+    for i in np.flatnonzero(finite):
+        x1, x2 = sorted(np.clip(np.rint(boxes[i, [0, 2]]), 0, width).astype(int))
+        y1, y2 = sorted(np.clip(np.rint(boxes[i, [1, 3]]), 0, height).astype(int))
+        pixel_boxes[i] = (x1, y1, x2, y2)
+    if masks is not None:
+        occupied = masks.any(axis=0).astype(np.int32)  # other objects' pixels cost 1 each
+
+        def covers_own(i: int, x: int, y: int, w: int, h: int) -> bool:
+            return bool(masks[i, y:y + h, x:x + w].any())
+    else:  # no masks: an object is its box
+        occupied = np.zeros((height, width), dtype=np.int32)
+        for x1, y1, x2, y2 in pixel_boxes[finite]:
+            occupied[y1:y2, x1:x2] = 1
+
+        def covers_own(i: int, x: int, y: int, w: int, h: int) -> bool:
+            x1, y1, x2, y2 = pixel_boxes[i]
+            return x < x2 and x + w > x1 and y < y2 and y + h > y1
+    taken = np.zeros((height, width), dtype=bool)  # pixels under the captions placed so far
+    sizes = _font_sizes(height, width)
+    placed: list[tuple[int, int, int, int] | None] = [None] * len(boxes)
+    for i in np.flatnonzero(finite):
+        best = None  # (cost, font, x, y, text box)
+        for font_size in sizes:
+            font = _font(font_size)
+            left, top, right, bottom = draw.textbbox((0, 0), texts[i], font=font)
+            w, h = right - left + 2 * _PAD, bottom - top + 2 * _PAD
+            if w > width or h > height:
+                continue
+            for x, y in _caption_spots(boxes[i], w, h, height, width):
+                if covers_own(i, x, y, w, h) or taken[y:y + h, x:x + w].any():
+                    continue  # would cover its own object, or hide another caption
+                cost = int(occupied[y:y + h, x:x + w].sum())
+                if best is None or cost < best[0]:
+                    best = (cost, font, x, y, (left, top, w, h))
+                if cost == 0:
+                    break
+            if best is not None and best[0] == 0:
+                break
+        if best is None:
+            continue  # no spot clear of its object, even in the smallest font: left out
+        _, font, x, y, (left, top, w, h) = best
+        color = tuple(int(c) for c in colors[i])
+        draw.rectangle((x, y, x + w - 1, y + h - 1), fill=color)
+        draw.text((x + _PAD - left, y + _PAD - top), texts[i], font=font, fill=_text_color(color))
+        taken[y:y + h, x:x + w] = True
+        placed[i] = (x, y, w, h)
+    return placed
+
+
+def _text_color(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    # dark text on light colors, white on dark ones (ITU-R 601 luma)
+    luma = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    return (0, 0, 0) if luma > 150 else (255, 255, 255)
+
+
+def add_legend(canvas: Image.Image, labels, class_names: Sequence[str] | Mapping[int, str] | None = None,
+               colors: np.ndarray | None = None) -> Image.Image:
+    """The canvas with a white panel on its right: one swatch + class name per distinct label,
+    in label order, in `colors` (default: the class colours); classes that do not fit the
+    height are summed up as "+N more"."""
+    labels = _np(labels).astype(np.int64).reshape(-1)
+    colors = class_colors(np.maximum(labels, 0)) if colors is None else colors
+    first = {}
+    for i, label in enumerate(labels.tolist()):
+        first.setdefault(label, i)
+    entries = [(_class_name(label, class_names), tuple(int(c) for c in colors[i]))
+               for label, i in sorted(first.items())]
+    font = _font(max(10, min(16, round(canvas.height / 12))))
+    probe = ImageDraw.Draw(canvas)
+    row = max(probe.textbbox((0, 0), "Ag", font=font)[3], 8) + 4
+    fit = max(1, (canvas.height - 4) // row)
+    if len(entries) > fit:
+        entries = entries[:fit - 1] + [(f"+{len(entries) - fit + 1} more", (255, 255, 255))]
+    if not entries:
+        entries = [("no detections", (255, 255, 255))]
+    swatch = row - 4
+    text_w = max(probe.textbbox((0, 0), name, font=font)[2] for name, _ in entries)
+    panel_w = 4 + swatch + 4 + text_w + 4
+    out = Image.new("RGB", (canvas.width + panel_w, canvas.height), (255, 255, 255))
+    out.paste(canvas, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for k, (name, color) in enumerate(entries):
+        x, y = canvas.width + 4, 2 + k * row
+        draw.rectangle((x, y, x + swatch - 1, y + swatch - 1), fill=color, outline=(0, 0, 0))
+        draw.text((x + swatch + 4, y), name, font=font, fill=(0, 0, 0))
+    return out

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..io import atomic_open, atomic_write, decode_kaggle_rle, encode_kaggle_rle, read_text, write_json_atomic
 from ..ops.masks import chunk_ranges
+from .colors import label_map_palette
 
 __all__ = [
     "KAGGLE_CSV_HEADER",
@@ -227,16 +228,22 @@ def write_coco_json(path: str | os.PathLike, results: Iterable[dict]) -> Path:
 
 
 def write_label_map_png(path: str | os.PathLike, label_map: ArrayLike) -> Path:
-    """Write an (H, W) integer label map as a grayscale PNG: 8-bit when every value is <= 255,
-    16-bit otherwise (values above 65535 are refused). Read it back with
-    `np.asarray(Image.open(path))`."""
+    """Write an (H, W) integer label map as a PNG that shows the instances in colour and keeps
+    the ids as pixel values: up to 255 instances a palette PNG (mode "P": pixel value = id,
+    0 black background, id i in the i-th instance colour of `colors.instance_colors`), more
+    than that 16-bit grayscale (values above 65535 are refused). Read the ids back with
+    `np.asarray(Image.open(path))` in both cases."""
     lm = _to_numpy(label_map)
     if lm.ndim != 2 or not np.issubdtype(lm.dtype, np.integer):
         raise ValueError(f"label map must be an integer (H, W) array, got {lm.dtype} {lm.shape}")
     low, top = (int(lm.min()), int(lm.max())) if lm.size else (0, 0)
     if low < 0 or top > 65535:
         raise ValueError(f"label map values must lie in 0..65535, found {low}..{top}")
-    image = Image.fromarray(lm.astype(np.uint8 if top <= 255 else np.uint16))  # mode L or I;16
+    if top <= 255:
+        image = Image.fromarray(lm.astype(np.uint8))  # mode L; the palette makes it P, same values
+        image.putpalette(label_map_palette())
+    else:
+        image = Image.fromarray(lm.astype(np.uint16))  # mode I;16
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 

@@ -10,7 +10,10 @@ Writes:
     DIR/images.json             the COCO "images" entries (id, file_name, height, width) of the
                                 images read, so results.json's image ids can be traced to files
     DIR/overlays/NAME.png       the image with colored masks, boxes, class names and scores
-    DIR/label_maps/NAME.png     with --label-maps: 0 = background, i = i-th detection (by score)
+    DIR/label_maps/NAME.png     with --label-maps: 0 = background, i = i-th detection (by score),
+                                a palette PNG (the ids are the pixel values, shown in colour)
+    DIR/videos/NAME.mp4         for a video source: its annotated frames as a video (NAME.gif,
+                                .webp, .png for an animated image), at the source's frame rate
     FILE                        with --csv FILE: Kaggle "ImageId,EncodedPixels", one row per
                                 instance, masks made non-overlapping by the label map
 
@@ -20,6 +23,11 @@ the images finished by then. `--resume` continues a stopped run in the same DIR,
 images predictions.jsonl lists as done; a new run refuses to replace an unfinished one's
 predictions.jsonl unless told (`--overwrite`). Output paths are checked for writability before
 the model is loaded.
+
+Sources are what `Predictor.predict` takes (`sources.iter_inputs`): image files, folders (their
+image and video files), glob patterns, videos (every frame, through PyAV: the [video] extra)
+and animated GIF / WebP / PNG (every frame); a frame counts as an image of its own, named
+NAME_FRAME (six digits) and listed in images.json with its "frame".
 
 NAME is the file's stem (made unique when two inputs share one). Each image is processed on its
 own: one that cannot be read (corrupt, not an image, above --max-pixels) or that the model
@@ -45,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from ..cli import HelpFormatter
 from ..device import DEVICE_HELP, PRECISIONS, DeviceError, check_precision, resolve_device
@@ -55,11 +64,11 @@ from ..io import (
     atomic_open,
     check_writable,
     describe_os_error,
-    expand_sources,
-    load_image,
     write_json_atomic,
 )
+from ..io.video import VideoUnavailable, write_video
 from .api import DEFAULT_BATCH_SIZE, Result, load_model
+from .sources import InputItem, expand_inputs
 from .outputs import masks_to_rles, rle_to_mask, write_image, write_label_map_png, write_rle_csv
 
 __all__ = ["PROGRESS_FILE", "ProgressLog", "build_parser", "main", "output_names"]
@@ -76,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run Mask R-CNN on images; write COCO results JSON, overlays, label maps, RLE CSV.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("sources", nargs="+", metavar="SRC", help="image files, folders or glob patterns ('**' recurses)")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="image or video files, folders or glob patterns ('**' recurses)")
     p.add_argument("-w", "--weights", required=True,
                    help="model.safetensors (with its .json), a torchvision .pth/.safetensors, a Detectron2 "
                         "model zoo .pkl or .pth, or "
@@ -93,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-maps", action="store_true", help="also write DIR/label_maps/NAME.png")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write a Kaggle-style RLE CSV (ImageId = NAME)")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
+    p.add_argument("--legend", action="store_true",
+                   help="overlays get a legend panel on the right (not video frames: their size stays fixed)")
     p.add_argument("--variant", choices=("v1", "v2"), help="layout of a torchvision checkpoint (default: inferred)")
     p.add_argument("--coco-ann", type=Path, metavar="ANN.json",
                    help="take image ids (matched by file name) and category ids (matched by class "
@@ -122,6 +133,15 @@ def output_names(paths: list[Path]) -> list[str]:
         taken.add(name)
         names.append(name)
     return names
+
+
+def input_names(items: list[InputItem]) -> list[str]:
+    """`output_names` of the files, with _FRAME (six digits) for each frame of a video or an
+    animated image: clip.mp4 -> clip_000000, clip_000001, ..."""
+    files = list(dict.fromkeys(item.path for item in items if item.path is not None))
+    by_file = dict(zip(files, output_names(files)))
+    return [by_file[item.path] if item.frame is None else f"{by_file[item.path]}_{item.frame:06d}"
+            for item in items]
 
 
 def coco_ids(ann_file: Path, paths: list[Path], class_names: list[str] | None,
@@ -174,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"maskrcnn predict: {problem}")
         return 2
     try:
-        paths = expand_sources(args.sources)
-    except FileNotFoundError as e:
+        items = expand_inputs(args.sources)
+    except (FileNotFoundError, VideoUnavailable) as e:
         say(f"maskrcnn predict: {e}")
         return 2
     try:
@@ -189,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     # not a whole run's inference.
     try:
         check_writable(out, folder=True)
-        for sub, wanted in (("overlays", not args.no_overlays), ("label_maps", args.label_maps)):
+        animated = any(item.frame is not None for item in items)
+        for sub, wanted in (("overlays", not args.no_overlays), ("label_maps", args.label_maps),
+                            ("videos", animated and not args.no_overlays)):
             if wanted:
                 check_writable(out / sub, folder=True)
         if args.csv is not None:
@@ -214,16 +236,17 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # any load failure is the user's input; show it without a traceback
             say(f"maskrcnn predict: cannot load --weights {args.weights}: {e}")
             return 2
-        names = output_names(paths)
-        image_ids: list[Any] = list(range(1, len(paths) + 1))
+        names = input_names(items)
+        image_ids: list[Any] = list(range(1, len(items) + 1))
         if args.coco_ann is not None:
             try:
-                image_ids, predictor.category_ids = coco_ids(args.coco_ann, paths, predictor.class_names,
+                image_ids, predictor.category_ids = coco_ids(args.coco_ann, [Path(it.label) for it in items],
+                                                             predictor.class_names,
                                                              getattr(predictor.model, "first_label", 1))
             except (ValueError, OSError) as e:
                 say(f"maskrcnn predict: {e}")
                 return 2
-        return _run(args, predictor, paths, names, image_ids, log, say)
+        return _run(args, predictor, items, names, image_ids, log, say)
     finally:
         log.close()
 
@@ -252,18 +275,19 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _key(path: Path) -> str:
-    """What predictions.jsonl knows an image by: its absolute path."""
-    return os.path.abspath(path)
+def _key(item: InputItem) -> str:
+    """What predictions.jsonl knows an image by: its absolute path, with #N for frame N."""
+    key = os.path.abspath(item.path)
+    return key if item.frame is None else f"{key}#{item.frame}"
 
 
-def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[Any],
+def _run(args, predictor, items: list[InputItem], names: list[str], image_ids: list[Any],
          log: ProgressLog, say) -> int:
     out: Path = args.out
     overlays, label_maps = not args.no_overlays, args.label_maps
 
     def already_done(i: int) -> bool:
-        entry = log.entries.get(_key(paths[i]))
+        entry = log.entries.get(_key(items[i]))
         if entry is None or entry.error or (args.csv is not None and not entry.has_csv):
             return False
         if (overlays or label_maps) and entry.name != names[i]:
@@ -271,26 +295,26 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
         return not ((overlays and not (out / "overlays" / f"{names[i]}.png").is_file())
                     or (label_maps and not (out / "label_maps" / f"{names[i]}.png").is_file()))
 
-    todo = [i for i in range(len(paths)) if not already_done(i)]
-    earlier = len(paths) - len(todo)
+    todo = [i for i in range(len(items)) if not already_done(i)]
+    earlier = len(items) - len(todo)
     if args.resume and earlier:
-        say(f"resuming: {earlier} of {len(paths)} image(s) already done in {log.path}")
+        say(f"resuming: {earlier} of {len(items)} image(s) already done in {log.path}")
 
     failed: list[tuple[str, str]] = []
     predicted = detections = 0
     stopped: int | None = None  # the signal that stopped the run
     fatal: str | None = None  # an output that cannot be written: every next image would fail too
     start = time.perf_counter()
-    bar = progress_bar(len(paths), "predict", initial=earlier, unit="img", enabled=not args.quiet,
+    bar = progress_bar(len(items), "predict", initial=earlier, unit="img", enabled=not args.quiet,
                        file=sys.stderr)
 
     def fail(i: int, problem: str) -> None:
-        failed.append((str(paths[i]), problem))
-        bar.write(f"skipped {paths[i]}: {problem}", file=sys.stderr)
+        failed.append((items[i].label, problem))
+        bar.write(f"skipped {items[i].label}: {problem}", file=sys.stderr)
         with signals.deferred():
-            log.append({"path": _key(paths[i]), "file": str(paths[i]), "error": problem})
+            log.append({"path": _key(items[i]), "file": items[i].label, "error": problem})
 
-    sources = [str(p) for p in paths]
+    sources = [str(item.path) for item in items]
     with _Signals() as signals:
         try:
             for first in range(0, len(todo), args.batch_size):
@@ -298,7 +322,7 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
                 loaded: dict[int, torch.Tensor] = {}
                 for i in chunk:
                     try:
-                        image = load_image(paths[i], max_pixels=predictor.max_pixels)
+                        image = items[i].load(predictor.max_pixels)
                     except ImageLoadError as e:
                         fail(i, e.problem)
                         continue
@@ -311,8 +335,9 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
                     if isinstance(result, str):
                         fail(i, result)
                         continue
+                    result.frame = items[i].frame
                     try:
-                        record = _write_outputs(args, result, paths[i], names[i], image_ids[i])
+                        record = _write_outputs(args, result, items[i], names[i], image_ids[i])
                     except _OutputError as e:
                         fatal = str(e)
                         break
@@ -338,7 +363,8 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
     if not fatal and not stopped:
         log.finish()
     try:
-        done, total_detections = assemble(log, paths, names, image_ids, out, args.csv)
+        done, total_detections = assemble(log, items, names, image_ids, out, args.csv)
+        videos = [] if args.no_overlays or stopped or fatal else write_annotated_videos(items, names, out, say)
     except OSError as e:
         say(f"maskrcnn predict: {e.strerror or e}; every finished image is kept in {log.path} "
             "(--resume assembles it)")
@@ -346,7 +372,8 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
     seconds = time.perf_counter() - start
     say(f"{done} image(s), {total_detections} detection(s) in {seconds:.1f} s -> {out}"
         + (f" ({earlier} from the earlier run)" if earlier else "")
-        + (f"; CSV {args.csv}" if args.csv is not None else ""))
+        + (f"; CSV {args.csv}" if args.csv is not None else "")
+        + (f"; annotated video(s) {', '.join(map(str, videos))}" if videos else ""))
     if failed:
         say(f"{len(failed)} image(s) failed:")
         for path, problem in failed:
@@ -356,7 +383,7 @@ def _run(args, predictor, paths: list[Path], names: list[str], image_ids: list[A
             "--resume continues once the output can be written")
         return 2
     if stopped:
-        left = len(paths) - done - len(failed)
+        left = len(items) - done - len(failed)
         say(f"maskrcnn predict: stopped by {signal.Signals(stopped).name}; {left} image(s) not done, "
             f"--resume continues")
         return 128 + int(stopped)
@@ -367,25 +394,55 @@ class _OutputError(Exception):
     """An output file of one image cannot be written (disk full, permissions): fatal."""
 
 
-def _write_outputs(args, result: Result, path: Path, name: str, image_id: Any) -> dict[str, Any]:
+def _write_outputs(args, result: Result, item: InputItem, name: str, image_id: Any) -> dict[str, Any]:
     """Write one image's overlay and label map; return its predictions.jsonl record."""
     out: Path = args.out
     target = out
     try:
         if not args.no_overlays:
             target = out / "overlays" / f"{name}.png"
-            write_image(target, result.draw())
+            write_image(target, result.draw(legend=args.legend and item.frame is None))
         if args.label_maps:
             target = out / "label_maps" / f"{name}.png"
             write_label_map_png(target, result.label_map.numpy())
     except OSError as e:
         raise _OutputError(describe_os_error(e, target)) from None
     height, width = result.image_size
-    record: dict[str, Any] = {"path": _key(path), "file": str(path), "name": name,
+    record: dict[str, Any] = {"path": _key(item), "file": item.label, "name": name,
                               "height": height, "width": width, "results": result.to_coco(image_id)}
+    if item.frame is not None:
+        record["frame"] = item.frame
     if args.csv is not None:
         record["csv"] = instance_rles(result)
     return record
+
+
+def write_annotated_videos(items: list[InputItem], names: list[str], out: Path, say) -> list[Path]:
+    """DIR/videos/NAME.mp4 for each video (NAME.gif / .webp / .png for an animated image),
+    made of its frames' overlays in order at the source's frame rate; frames that failed are
+    left out (and said so). Returns the files written."""
+    by_file: dict[Path, list[int]] = {}
+    for i, item in enumerate(items):
+        if item.frame is not None:
+            by_file.setdefault(item.path, []).append(i)
+    written = []
+    for (path, indices), base in zip(by_file.items(), output_names(list(by_file))):
+        reader = items[indices[0]].reader
+        frames = [out / "overlays" / f"{names[i]}.png" for i in indices]
+        present = [f.is_file() for f in frames]
+        if not any(present):
+            continue
+        if not all(present):
+            say(f"{path}: {present.count(False)} of {len(frames)} frame(s) failed; the annotated video leaves them out")
+        suffix = ".mp4" if reader.kind == "video" else path.suffix.lower()
+        target = out / "videos" / f"{base}{suffix}"
+        durations = [d for d, ok in zip(reader.durations, present) if ok] if reader.durations else None
+        images = (Image.open(f).convert("RGB") for f, ok in zip(frames, present) if ok)
+        try:
+            written.append(write_video(target, images, fps=reader.fps, durations=durations))
+        except Exception as e:  # the per-frame results are written; the video is a view of them
+            say(f"maskrcnn predict: cannot write {target}: {type(e).__name__}: {e}")
+    return written
 
 
 def predict_isolated(predictor, images: dict[int, torch.Tensor], sources: list[str],
@@ -530,17 +587,17 @@ class ProgressLog:
                 yield json.loads(f.readline())
 
 
-def assemble(log: ProgressLog, paths: list[Path], names: list[str], image_ids: list[Any],
+def assemble(log: ProgressLog, items: list[InputItem], names: list[str], image_ids: list[Any],
              out: Path, csv_path: Path | None) -> tuple[int, int]:
     """results.json, images.json (and the CSV) from predictions.jsonl, for the images of this
     run's sources, each written atomically; returns (images, detections) written. Records are
     read back one at a time, so memory does not grow with the run."""
-    keys = [_key(p) for p in paths]
+    keys = [_key(item) for item in items]
     images: list[dict[str, Any]] = []
     count = 0
     target = out / "results.json"
     try:
-        count = _write_results(log, keys, paths, image_ids, target, images)
+        count = _write_results(log, keys, items, image_ids, target, images)
         target = out / "images.json"
         write_json_atomic(images, target, indent=0)
         if csv_path is not None:
@@ -553,7 +610,7 @@ def assemble(log: ProgressLog, paths: list[Path], names: list[str], image_ids: l
     return len(images), count
 
 
-def _write_results(log: ProgressLog, keys: list[str], paths: list[Path], image_ids: list[Any],
+def _write_results(log: ProgressLog, keys: list[str], items: list[InputItem], image_ids: list[Any],
                    target: Path, images: list[dict[str, Any]]) -> int:
     """Stream the COCO results of every finished image into `target`; fill `images`."""
     count = 0
@@ -562,8 +619,11 @@ def _write_results(log: ProgressLog, keys: list[str], paths: list[Path], image_i
         for i, record in enumerate(log.records(keys)):
             if record is None:
                 continue
-            images.append({"id": image_ids[i], "file_name": str(paths[i]),
-                           "height": record["height"], "width": record["width"]})
+            image = {"id": image_ids[i], "file_name": str(items[i].path),
+                     "height": record["height"], "width": record["width"]}
+            if items[i].frame is not None:
+                image["frame"] = items[i].frame  # the frame of the video / animation file_name
+            images.append(image)
             for entry in record["results"]:
                 entry["image_id"] = image_ids[i]  # this run's ids (a resumed run may list other sources)
                 f.write(("," if count else "") + json.dumps(entry, separators=(",", ":")))

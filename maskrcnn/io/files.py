@@ -30,15 +30,20 @@ def is_image_file(path: str | os.PathLike) -> bool:
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
 
-def expand_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
+def expand_sources(sources: Iterable[str | os.PathLike], *,
+                   extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Files, folders and glob patterns -> the image files they name, in order, without duplicates.
 
     - an existing file is kept whatever its extension (a bad one is reported by load_image);
     - a folder gives its image files (by extension, not recursive, hidden files skipped,
       sorted by name);
     - a glob pattern (`*`, `?`, `[...]`; `**` recurses) gives its matching image files, sorted.
-    `~` is expanded. Raises FileNotFoundError naming every source that gave no file at all.
+    `~` is expanded. extensions: what counts as an image file in folders and globs
+    (lower-case, with the dot). Raises FileNotFoundError naming every source that gave no
+    file at all.
     """
+    extensions = frozenset(extensions)
+    wanted = lambda p: Path(p).suffix.lower() in extensions  # noqa: E731
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]  # a lone string would otherwise be iterated character by character
     found: dict[Path, None] = {}  # an ordered set
@@ -49,17 +54,17 @@ def expand_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
         if path.is_dir():
             matches = sorted(
                 p for p in path.iterdir()
-                if p.is_file() and is_image_file(p) and not p.name.startswith(".")
+                if p.is_file() and wanted(p) and not p.name.startswith(".")
             )
             if not matches:
-                problems.append(f"{text!r}: folder has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                problems.append(f"{text!r}: folder has no image files ({', '.join(sorted(extensions))})")
         elif path.is_file():
             matches = [path]
         elif _GLOB_MAGIC.search(text):
             import glob  # only needed here
 
             matches = sorted(
-                Path(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p) and is_image_file(p)
+                Path(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p) and wanted(p)
             )
             if not matches:
                 problems.append(f"{text!r}: pattern matches no image file")

@@ -54,6 +54,24 @@ def test_resume_gives_bit_identical_weights(tiny_shapes, tmp_path):
                   if "loss" in json.loads(line)]
     assert iterations == list(range(1, n + 1))
     assert "segm/AP" in (tmp_path / "a" / "metrics.jsonl").read_text()
+    assert_run_plots(tmp_path / "a")
+
+
+def assert_run_plots(out: Path):
+    """A run with an evaluation ends with results.png and plots/ (matplotlib installed)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (out / "results.png").exists()
+        return
+    from PIL import Image
+
+    names = sorted(p.name for p in (out / "plots").iterdir())
+    assert names == ["ap_per_class_bbox.png", "ap_per_class_segm.png", "confusion_matrix.csv",
+                     "confusion_matrix.png", "pr_curve_bbox.png", "pr_curve_segm.png"]
+    for path in [out / "results.png", *(out / "plots").glob("*.png")]:
+        with Image.open(path) as im:
+            im.load()
 
 
 def test_sigkill_mid_run_then_resume(tiny_shapes, tmp_path):
@@ -176,3 +194,4 @@ def test_cuda_mixed_precision_trains_and_resumes(tiny_shapes, tmp_path):
     state = torch.load(tmp_path / "run" / "state_0000004.pt", weights_only=True)
     assert "scale" in state["scaler"] and "cuda" in state["rng"][0]
     assert all(torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point())
+

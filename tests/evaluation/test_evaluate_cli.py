@@ -46,3 +46,27 @@ def test_eval_rejects_a_model_for_other_classes(shapes, tmp_path, capsys):
                  "--device", "cpu"])
     assert code == 2
     assert "predicts 5 classes" in capsys.readouterr().err
+
+
+def test_eval_plots(shapes, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    weights = save_model(small_model(4, ["circle", "square", "triangle"]), tmp_path / "m.safetensors")
+    code = main(["--weights", str(weights), "--data", str(shapes), "--images", str(shapes.parent / "images"),
+                 "--device", "cpu", "--workers", "0", "--plots", str(tmp_path / "plots"),
+                 "--plot-score-threshold", "0.0"])
+    assert code == 0
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names == ["ap_per_class_bbox.png", "ap_per_class_segm.png", "confusion_matrix.csv",
+                     "confusion_matrix.png", "pr_curve_bbox.png", "pr_curve_segm.png"]
+    for name in names:
+        if name.endswith(".png"):
+            with Image.open(tmp_path / "plots" / name) as im:
+                im.load()
+    rows = (tmp_path / "plots" / "confusion_matrix.csv").read_text().splitlines()
+    assert rows[0] == "true \\ predicted,circle,square,triangle,background"
+    # every ground-truth object is counted once in its row (found, confused or missed)
+    truth = json.loads(shapes.read_text())["annotations"]
+    assert sum(int(v) for row in rows[1:4] for v in row.split(",")[1:]) == len(truth)
+    assert "wrote 6 plot files" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+from maskrcnn.inference.colors import instance_colors
 from maskrcnn.inference.outputs import (
     label_map,
     mask_to_rle,
@@ -139,8 +140,12 @@ def test_label_map_png_8_and_16_bit(tmp_path):
     small = np.arange(12, dtype=np.int32).reshape(3, 4)
     write_label_map_png(tmp_path / "small.png", small)
     with Image.open(tmp_path / "small.png") as im:
-        assert im.mode == "L"
+        assert im.mode == "P"  # ids as pixel values, shown in colour (not near-black grays)
         np.testing.assert_array_equal(np.asarray(im), small)
+        rgb = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(rgb[0, 0], [0, 0, 0])  # background stays black
+    for i in range(1, 12):  # id i is the i-th instance colour
+        np.testing.assert_array_equal(rgb[small == i][0], instance_colors(i)[i - 1])
 
     big = (np.arange(12, dtype=np.int32).reshape(3, 4) * 100)  # up to 1100 > 255
     write_label_map_png(tmp_path / "big.png", torch.from_numpy(big))
