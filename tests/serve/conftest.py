@@ -1,0 +1,49 @@
+"""Fixtures of the serve tests: tiny models, their apps under FastAPI's test client, images."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# conftest is imported before pytest puts these folders on sys.path for the test modules
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "inference"))
+from inference_helpers import make_image, make_tiny_model  # noqa: E402
+from serve_helpers import encode, make_load_model, saved_model  # noqa: E402
+
+from maskrcnn.inference import Predictor  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor():
+    return Predictor(make_tiny_model())
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    return saved_model(make_tiny_model(), tmp_path_factory.mktemp("serve_model"))
+
+
+@pytest.fixture(scope="session")
+def load_weights(tmp_path_factory):
+    return saved_model(make_load_model(), tmp_path_factory.mktemp("serve_load_model"))
+
+
+@pytest.fixture(scope="session")
+def png_bytes():
+    return encode(make_image(0))
+
+
+def make_client(predictor, **settings):
+    from fastapi.testclient import TestClient
+
+    from maskrcnn.serve import ServeSettings, create_app
+
+    return TestClient(create_app(predictor, settings=ServeSettings(**settings), model_name="tiny"))
+
+
+@pytest.fixture(scope="module")
+def client(tiny_predictor):
+    with make_client(tiny_predictor) as c:
+        yield c

@@ -1,0 +1,97 @@
+"""Models, images and a real server process for the serve tests.
+
+Two tiny models: the inference tests' one (`make_tiny_model`, 128 px, spread output layers so
+it returns several detections with masks) for the API and browser tests, and a narrower one at
+64 px (about 8 ms a forward on one core) for the 1,000-request load test.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from maskrcnn import build_preset
+from maskrcnn.checkpoint import save_model
+from testing_utils import spread_output_layers
+
+ROOT = Path(__file__).resolve().parents[2]
+LOAD_OPTIONS = dict(
+    num_classes=4, class_names=["circle", "square", "triangle"], min_size=64, max_size=64,
+    base_width=8, fpn_channels=16, representation_size=32, mask_head_channels=16,
+    rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_detections_per_img=10,
+)
+
+
+def make_load_model(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_preset("maskrcnn_resnet18_small", **LOAD_OPTIONS)
+    spread_output_layers(model)
+    return model.eval()
+
+
+def encode(array: np.ndarray, format: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=format, **kwargs)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, from /proc/PID/status (VmRSS, in KiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+@contextlib.contextmanager
+def running_server(weights: Path, *args: str, threads: int = 1, ready_timeout: float = 60.0):
+    """`python -m maskrcnn serve --weights W` on a free loopback port, this checkout's code;
+    yields (base URL, Popen) once /readyz answers 200. Its log goes to stderr of the test."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "-m", "maskrcnn", "serve", "--weights", str(weights), "--port", str(port),
+               "--threads", str(threads), "--log-level", "warning", *args]
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after {ready_timeout} s")
+            time.sleep(0.1)
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def saved_model(model, folder: Path) -> Path:
+    return save_model(model, folder / "model.safetensors")
