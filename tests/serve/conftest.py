@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "inference"))
 from inference_helpers import make_image, make_tiny_model  # noqa: E402
-from serve_helpers import encode, make_load_model, saved_model  # noqa: E402
+from serve_helpers import encode, make_client, make_load_model, saved_model  # noqa: E402
 
 from maskrcnn.inference import Predictor  # noqa: E402
 
@@ -33,14 +33,6 @@ def load_weights(tmp_path_factory):
 @pytest.fixture(scope="session")
 def png_bytes():
     return encode(make_image(0))
-
-
-def make_client(predictor, **settings):
-    from fastapi.testclient import TestClient
-
-    from maskrcnn.serve import ServeSettings, create_app
-
-    return TestClient(create_app(predictor, settings=ServeSettings(**settings), model_name="tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -93,5 +93,14 @@ def running_server(weights: Path, *args: str, threads: int = 1, ready_timeout: f
             process.wait()
 
 
+def make_client(predictor, **settings):
+    """FastAPI's test client on an app of `predictor` (enter it to run the lifespan)."""
+    from fastapi.testclient import TestClient
+
+    from maskrcnn.serve import ServeSettings, create_app
+
+    return TestClient(create_app(predictor, settings=ServeSettings(**settings), model_name="tiny"))
+
+
 def saved_model(model, folder: Path) -> Path:
     return save_model(model, folder / "model.safetensors")
