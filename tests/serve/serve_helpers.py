@@ -7,12 +7,15 @@ it returns several detections with masks) for the API and browser tests, and a n
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +65,6 @@ def rss_kib(pid: int) -> int:
 def running_server(weights: Path, *args: str, threads: int = 1, ready_timeout: float = 60.0):
     """`python -m maskrcnn serve --weights W` on a free loopback port, this checkout's code;
     yields (base URL, Popen) once /readyz answers 200. Its log goes to stderr of the test."""
-    import httpx
-
     port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     command = [sys.executable, "-m", "maskrcnn", "serve", "--weights", str(weights), "--port", str(port),
@@ -76,9 +77,10 @@ def running_server(weights: Path, *args: str, threads: int = 1, ready_timeout: f
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode} before it was ready")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:  # refused while starting; HTTPError 503 while warming up
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready after {ready_timeout} s")
@@ -100,6 +102,42 @@ def make_client(predictor, **settings):
     from maskrcnn.serve import ServeSettings, create_app
 
     return TestClient(create_app(predictor, settings=ServeSettings(**settings), model_name="tiny"))
+
+
+def post_many(url: str, bodies: list[bytes], clients: int, path: str = "/v1/predict") -> list[tuple[int, bytes, float]]:
+    """POST every body, from `clients` threads each on its own keep-alive connection;
+    returns (status, response body, seconds) per request, in order."""
+    host, port = url.removeprefix("http://").split(":")
+    results: list = [None] * len(bodies)
+    next_index = iter(range(len(bodies)))
+    lock = threading.Lock()
+
+    def client():
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            while True:
+                with lock:
+                    i = next(next_index, None)
+                if i is None:
+                    return
+                start = time.perf_counter()
+                try:
+                    connection.request("POST", path, body=bodies[i], headers={"Content-Type": "image/png"})
+                    answer = connection.getresponse()
+                    results[i] = (answer.status, answer.read(), time.perf_counter() - start)
+                except (OSError, http.client.HTTPException) as e:
+                    results[i] = (-1, repr(e).encode(), time.perf_counter() - start)
+                    connection.close()
+                    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def saved_model(model, folder: Path) -> Path:
