@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "inference"))
 from inference_helpers import make_image, make_tiny_model  # noqa: E402
-from serve_helpers import encode, make_client, make_load_model, saved_model  # noqa: E402
+from serve_helpers import encode, make_client, make_load_model, running_server, saved_model  # noqa: E402
 
 from maskrcnn.inference import Predictor  # noqa: E402
 
@@ -39,3 +39,11 @@ def png_bytes():
 def client(tiny_predictor):
     with make_client(tiny_predictor) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_weights):
+    """`maskrcnn serve` of the tiny model in a subprocess, shared by the browser test and the
+    schema fuzz: (base URL, Popen)."""
+    with running_server(tiny_weights, "--timeout", "20") as (url, process):
+        yield url, process

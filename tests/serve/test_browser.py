@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from inference_helpers import make_image
-from serve_helpers import encode, running_server
+from serve_helpers import encode
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -32,7 +32,7 @@ def artifacts(tmp_path) -> Path:
     return folder
 
 
-def test_page_shows_overlay_and_detections_in_chromium(tiny_weights, tmp_path, artifacts):
+def test_page_shows_overlay_and_detections_in_chromium(tiny_server, tiny_weights, tmp_path, artifacts):
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: .ci/run installs the Debian package chromium")
@@ -41,7 +41,8 @@ def test_page_shows_overlay_and_detections_in_chromium(tiny_weights, tmp_path, a
 
     picture = tmp_path / "shapes.png"
     picture.write_bytes(encode(make_image(0, 120, 160)))
-    with running_server(tiny_weights) as (url, _), sync_playwright() as playwright:
+    url, _ = tiny_server
+    with sync_playwright() as playwright:
         expected = api_detections(url, picture.read_bytes(), 0.5)
         expected_high = api_detections(url, picture.read_bytes(), 0.7)
         assert len(expected) > len(expected_high) > 0
