@@ -16,6 +16,7 @@ import io
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
+from starlette.requests import ClientDisconnect
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from torch import Tensor
@@ -51,10 +52,13 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         if size > max_bytes:
             raise UploadError(413, f"upload is {size} bytes, above the limit of {max_bytes} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise UploadError(413, f"upload is more than {max_bytes} bytes, the limit")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise UploadError(413, f"upload is more than {max_bytes} bytes, the limit")
+    except ClientDisconnect:  # nobody is left to read the answer; say why in the log
+        raise UploadError(400, f"client disconnected after {len(body)} bytes of the upload") from None
     return bytes(body)
 
 

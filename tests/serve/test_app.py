@@ -238,7 +238,7 @@ def test_malformed_multipart_is_400(client):
     assert "multipart" in response.json()["detail"]
 
 
-async def asgi_post(app, headers: dict, chunk: bytes, chunks: int):
+async def asgi_post(app, headers: dict, chunk: bytes, chunks: int, disconnect: bool = False):
     """POST /v1/predict straight to the ASGI app, the body as `chunks` pieces of `chunk`;
     returns (status, body, pieces the app pulled)."""
     pulled = 0
@@ -247,7 +247,9 @@ async def asgi_post(app, headers: dict, chunk: bytes, chunks: int):
         nonlocal pulled
         if pulled < chunks:
             pulled += 1
-            return {"type": "http.request", "body": chunk, "more_body": pulled < chunks}
+            return {"type": "http.request", "body": chunk, "more_body": disconnect or pulled < chunks}
+        if disconnect:
+            return {"type": "http.disconnect"}
         await asyncio.sleep(3600)  # a client that sent everything and waits
 
     sent = []
@@ -275,6 +277,9 @@ def test_upload_bytes_limit_is_413_without_reading_the_whole_body(tiny_predictor
     status, body, pulled = asyncio.run(asgi_post(app, {}, chunk, 800))
     assert status == 413 and pulled == limit // len(chunk) + 1
     assert f"more than {limit} bytes" in json.loads(body)["detail"]
+    # a client that goes away mid-upload
+    status, body, _ = asyncio.run(asgi_post(app, {}, chunk, 3, disconnect=True))
+    assert status == 400 and "client disconnected" in json.loads(body)["detail"]
     # a Content-Length that is not a number
     status, body, _ = asyncio.run(asgi_post(app, {"content-length": "lots"}, chunk, 1))
     assert status == 400 and "is not a number" in json.loads(body)["detail"]

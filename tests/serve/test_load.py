@@ -1,9 +1,11 @@
 """Load on the real server: `maskrcnn serve` in a subprocess on a loopback port, 1,000
 requests from 8 concurrent clients, no errors, and no memory growth (RSS after the run within
-10 % of RSS after warm-up, read from /proc/PID/status)."""
+10 % of RSS after warm-up, read from /proc/PID/status); /healthz answers throughout."""
 from __future__ import annotations
 
 import json
+import threading
+import urllib.request
 
 from inference_helpers import make_image
 from serve_helpers import encode, post_many, rss_kib, running_server
@@ -18,8 +20,23 @@ def test_1000_requests_from_8_clients_no_errors_no_memory_growth(load_weights):
         warm = post_many(url, [images[i % 4] for i in range(WARMUP)], CLIENTS)
         assert all(status == 200 for status, _, _ in warm)
         rss_warm = rss_kib(server.pid)
-        results = post_many(url, [images[i % 4] for i in range(REQUESTS)], CLIENTS)
+        health, done = [], threading.Event()
+
+        def probe():  # /healthz answers all through the load
+            while not done.is_set():
+                with urllib.request.urlopen(f"{url}/healthz", timeout=30) as answer:
+                    health.append(answer.status)
+                done.wait(0.5)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            results = post_many(url, [images[i % 4] for i in range(REQUESTS)], CLIENTS)
+        finally:
+            done.set()
+            prober.join()
         rss_after = rss_kib(server.pid)
+        assert health and set(health) == {200}
         errors = [(i, status, body[:200]) for i, (status, body, _) in enumerate(results) if status != 200]
         assert not errors, f"{len(errors)} of {REQUESTS} failed, e.g. {errors[:3]}"
         answers = [json.loads(body) for _, body, _ in results]
