@@ -92,7 +92,7 @@ def main(argv=None) -> int:
             # one throwaway server first: the first process after writing the weights runs
             # several times slower (cold caches) and would bias whichever row came first
             with running_server(weights, threads=args.threads, ready_timeout=300) as (url, _):
-                measure(url, images, 1, 4)
+                measure(url, images, 1, 4 if name == "shapes" else 2)
             base = args.requests if name == "shapes" else args.r50_requests
             batching = {"on": ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)],
                         "off": ["--max-batch-size", "1"]}
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
                     # a fresh server per row, warmed with a few requests at this concurrency
                     with running_server(weights, *flags, "--timeout", "600", threads=args.threads,
                                         ready_timeout=300) as (url, _):
-                        measure(url, images, clients, max(4, 2 * clients))
+                        # warm: one request per client (R50: one in all, each costs seconds)
+                        measure(url, images, clients, clients if name == "shapes" else 1)
                         row = {"model": name, "batching": mode, **measure(url, images, clients, requests)}
                     rows.append(row)
                     print(f"{name:6} batching {mode:3}  {clients} clients  {row['requests']:4} req  "
