@@ -102,7 +102,8 @@ class PredictResponse(BaseModel):
     mask_threshold: float
     detections: list[Detection]
     batch_size: int = Field(description="how many requests shared this one's model call")
-    timing_ms: dict[str, float] = Field(description="decode, queue, inference, encode, total")
+    timing_ms: dict[str, float] = Field(
+        description="decode (reading the upload included), queue, inference (its batch), encode, total")
 
 
 def _options_model(settings: ServeSettings) -> type[BaseModel]:
