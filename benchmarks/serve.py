@@ -62,11 +62,12 @@ def r50_model(folder: Path) -> tuple[Path, list[bytes]]:
 
 def measure(url: str, images: list[bytes], clients: int, requests: int) -> dict:
     start = time.perf_counter()
-    results = post_many(url, [images[i % len(images)] for i in range(requests)], clients)
+    # a generous client timeout: R50 batches take minutes on a busy 2-core machine
+    results = post_many(url, [images[i % len(images)] for i in range(requests)], clients, timeout=1800)
     elapsed = time.perf_counter() - start
-    failed = [status for status, _, _ in results if status != 200]
+    failed = [(status, body[:200]) for status, body, _ in results if status != 200]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {requests} requests failed (statuses {sorted(set(failed))})")
+        raise RuntimeError(f"{len(failed)} of {requests} requests failed, e.g. {failed[0]}")
     latencies = sorted(seconds for _, _, seconds in results)
     batches = [json.loads(body)["batch_size"] for _, body, _ in results]
     quantile = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731

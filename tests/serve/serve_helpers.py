@@ -104,7 +104,8 @@ def make_client(predictor, **settings):
     return TestClient(create_app(predictor, settings=ServeSettings(**settings), model_name="tiny"))
 
 
-def post_many(url: str, bodies: list[bytes], clients: int, path: str = "/v1/predict") -> list[tuple[int, bytes, float]]:
+def post_many(url: str, bodies: list[bytes], clients: int, path: str = "/v1/predict",
+              timeout: float = 60.0) -> list[tuple[int, bytes, float]]:
     """POST every body, from `clients` threads each on its own keep-alive connection;
     returns (status, response body, seconds) per request, in order."""
     host, port = url.removeprefix("http://").split(":")
@@ -113,7 +114,7 @@ def post_many(url: str, bodies: list[bytes], clients: int, path: str = "/v1/pred
     lock = threading.Lock()
 
     def client():
-        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
         try:
             while True:
                 with lock:
@@ -128,7 +129,7 @@ def post_many(url: str, bodies: list[bytes], clients: int, path: str = "/v1/pred
                 except (OSError, http.client.HTTPException) as e:
                     results[i] = (-1, repr(e).encode(), time.perf_counter() - start)
                     connection.close()
-                    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+                    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
         finally:
             connection.close()
 

@@ -1,6 +1,7 @@
 """The web page in a real browser: `maskrcnn serve` on a loopback port, headless Chromium (the
 Debian package, driven by Playwright for Python; no browser download) picks an image, and the
-overlay and one table row per detection appear; moving the score threshold asks again. A
+overlay and one table row per detection appear; moving the score threshold asks again; an
+image dropped on the page replaces it. A
 screenshot is saved as an artifact: under $MASKRCNN_TEST_ARTIFACTS if set, else pytest's tmp dir.
 """
 from __future__ import annotations
@@ -67,6 +68,18 @@ def test_page_shows_overlay_and_detections_in_chromium(tiny_server, tiny_weights
             page.locator("#score").fill("0.7")  # the slider: the page asks again at 0.7
             expect(rows).to_have_count(len(expected_high), timeout=30_000)
             expect(page.locator("#status")).to_contain_text(f"{len(expected_high)} detections in")
+            # dropping a file on the drop zone works as picking one does
+            dropped = encode(make_image(5, 96, 128))
+            expected_drop = api_detections(url, dropped, 0.7)
+            page.evaluate("""(bytes) => {
+                const transfer = new DataTransfer();
+                transfer.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
+                document.getElementById("drop").dispatchEvent(
+                    new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+            }""", list(dropped))
+            page.wait_for_function("document.getElementById('overlay').naturalWidth === 128")
+            expect(rows).to_have_count(len(expected_drop), timeout=30_000)
+            expect(rows.nth(0).locator("td").nth(2)).to_have_text(f"{expected_drop[0]['score']:.3f}")
             shot = artifacts / "serve_page.png"
             page.screenshot(path=str(shot), full_page=True)
             print(f"\nscreenshot: {shot}")
