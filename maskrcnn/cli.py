@@ -14,6 +14,7 @@ COMMANDS = {
     "predict": ("maskrcnn.inference.predict", "main", "run a model on images; write JSON, overlays, masks"),
     "export": ("maskrcnn.export.cli", "main", "write a model as one ONNX graph (ONNX Runtime runs it)"),
     "inspect": ("maskrcnn.inference.inspect", "main", "draw anchors, proposals, sampled RoIs and mask targets"),
+    "serve": ("maskrcnn.serve.cli", "main", "an HTTP service and web page for a model (extra: serve)"),
     "convert": ("maskrcnn.data.convert", "convert_main", "convert LabelMe / mask PNGs / RLE CSV to COCO JSON"),
 }
 

@@ -219,6 +219,25 @@ def test_pillow_bomb_check_reported(tmp_path, monkeypatch):
     assert "bomb.png" in str(err.value)
 
 
+def test_too_large_is_its_own_error_type_and_file_objects_open(tmp_path, monkeypatch):
+    """ImageTooLargeError (a server's 413) for the pixel limit and Pillow's bomb check, plain
+    ImageLoadError (400) otherwise; open_image reads an in-memory upload as it reads a file."""
+    from maskrcnn.io import ImageTooLargeError, open_image
+
+    buf = pyio.BytesIO()
+    Image.new("RGB", (100, 50), (10, 20, 30)).save(buf, "PNG")
+    data = buf.getvalue()
+    with pytest.raises(ImageTooLargeError, match="100x50 = 5000 pixels"):
+        open_image(pyio.BytesIO(data[:60]), max_pixels=1000, name="upload.png")
+    assert np.array(open_image(pyio.BytesIO(data), name="upload.png"))[0, 0].tolist() == [10, 20, 30]
+    with pytest.raises(ImageLoadError, match="^upload.png: cannot read image") as err:
+        open_image(pyio.BytesIO(data[:80]), name="upload.png")
+    assert not isinstance(err.value, ImageTooLargeError)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    with pytest.raises(ImageTooLargeError, match="bomb"):
+        open_image(pyio.BytesIO(data), max_pixels=None, name="upload.png")
+
+
 def test_zero_size_refused():
     with pytest.raises(ImageLoadError, match="zero size"):
         load_image(np.zeros((0, 5, 3), np.uint8))

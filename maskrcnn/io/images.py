@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 import torch
@@ -68,6 +68,11 @@ class ImageLoadError(DataError):
 
     def __reduce__(self):  # keep it picklable (e.g. raised in a DataLoader worker)
         return (type(self), (self.source, self.problem))
+
+
+class ImageTooLargeError(ImageLoadError):
+    """An image above the pixel limit (`max_pixels`, or Pillow's decompression-bomb check),
+    found from its header before any pixel is decoded; a server answers it with 413, not 400."""
 
 
 def load_image(
@@ -124,17 +129,22 @@ def load_image(
 
 
 def open_image(
-    path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None
+    path: str | os.PathLike | BinaryIO, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None
 ) -> Image.Image:
     """Open and fully decode an image file, in its stored orientation (see `exif_transpose`).
 
     Decoding happens here, not lazily, so a truncated file fails in this call with the file
     named. The size is checked against `max_pixels` from the header, before decoding. Raises
     ImageLoadError naming `name` (default: the path) for a missing, unreadable, truncated,
-    zero-size or oversized file.
+    zero-size or oversized file (ImageTooLargeError for the last).
+    `path` may also be an open binary file (e.g. `io.BytesIO` of an upload); name it with `name`.
     """
-    name = name or os.fspath(path)
-    image = _open_header(Path(path), name)
+    if hasattr(path, "read"):
+        name = name or "<file object>"
+        image = _open_header(path, name)
+    else:
+        name = name or os.fspath(path)
+        image = _open_header(Path(path), name)
     with image:  # closes the file; the decoded pixels stay with the image
         # Checked from the header before decoding, so a huge file costs nothing to refuse.
         _check_size(image.width, image.height, max_pixels, name)
@@ -147,7 +157,7 @@ def open_image(
     return image
 
 
-def _open_header(path: Path, name: str) -> Image.Image:
+def _open_header(path: Path | BinaryIO, name: str) -> Image.Image:
     """Image.open, which reads the header only, with its errors turned into ImageLoadError."""
     try:
         return Image.open(path)
@@ -158,7 +168,7 @@ def _open_header(path: Path, name: str) -> Image.Image:
     except PermissionError:
         raise ImageLoadError(name, "permission denied") from None
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(
+        raise ImageTooLargeError(
             name, f"refused by Pillow's decompression-bomb check ({e}); to load it anyway set "
             "PIL.Image.MAX_IMAGE_PIXELS higher and pass a larger max_pixels"
         ) from None
@@ -213,7 +223,7 @@ def _check_size(width: int, height: int, max_pixels: int | None, name: str) -> N
     if width <= 0 or height <= 0:
         raise ImageLoadError(name, f"image has zero size ({width}x{height} pixels)")
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageLoadError(
+        raise ImageTooLargeError(
             name,
             f"image is {width}x{height} = {width * height} pixels, above the limit of "
             f"{max_pixels} pixels (max_pixels); raise the limit to load it",
