@@ -60,6 +60,7 @@ def load_model_for_eval(path: str | Path, device: torch.device, **options) -> Ma
     """Our .safetensors + .json, a torchvision Mask R-CNN checkpoint (v1 or v2), or a
     Detectron2 one (.pkl / .pth)."""
     from ..checkpoint import from_detectron2, from_torchvision, is_detectron2_state_dict, load_native, read_state_dict
+    from ..checkpoint.torchvision import torchvision_variant
     from ..checkpoint.native import config_path_for
 
     path = Path(path)
@@ -72,8 +73,7 @@ def load_model_for_eval(path: str | Path, device: torch.device, **options) -> Ma
         if is_detectron2_state_dict(state):
             model = from_detectron2(state, **options)
         else:
-            variant = "v2" if any(k.startswith("roi_heads.box_head.0.") for k in state) else "v1"
-            model = from_torchvision(state, variant=variant, **options)
+            model = from_torchvision(state, variant=torchvision_variant(state), **options)
     return model.to(device).eval()
 
 
@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             # whose detections would then count twice
             dataset.verify_images()
         model = load_model_for_eval(args.weights, device)
+        if not model.roi_heads.has_mask and "segm" in args.iou_types:
+            print("maskrcnn eval: the model has no mask branch (detection only): evaluating bbox alone", file=sys.stderr)
+            args.iou_types = [t for t in args.iou_types if t != "segm"] or ["bbox"]
         evaluator = COCOEvaluator(args.data, label_to_category_id=label_mapping(model, dataset),
                                   class_names=dataset.class_names, iou_types=args.iou_types)
     except (OSError, ValueError, RuntimeError, DataError) as e:

@@ -309,7 +309,8 @@ def load_model(
 ) -> Predictor:
     """A `Predictor` from a checkpoint (see the module docstring for what is accepted).
 
-    variant: "v1" / "v2" for torchvision files (default: read from the state dict's layout).
+    variant: "v1" / "v2" / "faster" / "faster_v2" for torchvision files (default: read from the
+        state dict's layout; Faster R-CNN results have no masks).
     class_names: names of labels 1..K-1 (default: the checkpoint's; COCO's for torchvision
         checkpoints with 91 classes).
     category_ids: label -> COCO category id for `Result.to_coco` (default: the native
@@ -417,8 +418,10 @@ def _load_file(path: Path, variant: str | None, options: dict) -> tuple[MaskRCNN
             "save_model writes both, keep them side by side"
         )
     if variant is None:
-        # Only v2 has a conv box head (keys roi_heads.box_head.0.*); v1 has fc6/fc7.
-        variant = "v2" if any(k.startswith("roi_heads.box_head.0.") for k in state) else "v1"
+        # v2 has a conv box head (keys roi_heads.box_head.0.*), v1 fc6/fc7; Faster R-CNN no mask keys
+        from ..checkpoint.torchvision import torchvision_variant
+
+        variant = torchvision_variant(state)
     try:
         return from_torchvision(state, variant, **options), {}
     except ValueError as e:
