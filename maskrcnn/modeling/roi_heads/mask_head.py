@@ -140,10 +140,13 @@ def mask_loss(
     ]
     if mask_logits.shape[0] == 0:
         return mask_logits.sum() * 0
+    target = torch.cat(targets)
+    # float32 targets; float64 logits (gradcheck) keep their precision, float16 ones (AMP) do not
+    # round the targets
+    target = target.to(torch.promote_types(target.dtype, mask_logits.dtype))
     if loss == "softmax":
         if first_class != 0 or mask_logits.shape[1] < 2:
             raise ValueError("the softmax mask loss needs a background channel and one channel per class")
         log_probs = F.log_softmax(mask_logits, dim=1)
-        target = torch.cat(targets)
         return -(target * select_class(log_probs, labels) + (1 - target) * log_probs[:, 0]).mean()
-    return F.binary_cross_entropy_with_logits(select_class(mask_logits, labels, first_class), torch.cat(targets))
+    return F.binary_cross_entropy_with_logits(select_class(mask_logits, labels, first_class), target)
