@@ -13,7 +13,8 @@
 images: list of (3, Hi, Wi) float tensors in [0, 1], RGB, any sizes.
 targets: one dict per image: "boxes" float (G, 4) xyxy pixels, "labels" int64 (G,) in 1..K-1 (0..K-2 with
 first_label=0, Detectron2's class index),
-"masks" uint8/bool (G, Hi, Wi), optionally "iscrowd" (G,) (crowd regions are ignored).
+"masks" uint8/bool (G, Hi, Wi) (optional for a model without a mask branch, `mask_on=False`),
+optionally "iscrowd" (G,) (crowd regions are ignored).
 """
 from __future__ import annotations
 
