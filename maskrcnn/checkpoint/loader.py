@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .detectron2 import from_detectron2, is_detectron2_state_dict
 from .native import config_path_for, native_from_state
-from .torchvision import from_torchvision, read_state_dict
+from .torchvision import from_torchvision, read_state_dict, torchvision_variant
 
 __all__ = ["Checkpoint", "build_from_checkpoint", "open_checkpoint", "resolve_weights"]
 
@@ -111,7 +111,8 @@ def build_from_checkpoint(
 ) -> tuple[Any, list[str] | None, Mapping[int, int] | Sequence[int] | None]:
     """(model in eval mode, class names of labels or None, label -> COCO category id or None).
 
-    variant: "v1" / "v2" to insist on a torchvision layout (default: read from the keys).
+    variant: "v1" / "v2" / "faster" / "faster_v2" to insist on a torchvision layout (default: read
+        from the keys).
     options: ModelConfig options (box_score_thresh, min_size, num_classes as a check, ...).
     """
     from ..inference import hub
@@ -144,8 +145,8 @@ def build_from_checkpoint(
     if ckpt.kind == "detectron2":
         return _detectron2_model(ckpt, where, options)
     if variant is None:
-        # Only v2 has a conv box head (keys roi_heads.box_head.0.*); v1 has fc6/fc7.
-        variant = "v2" if any(k.startswith("roi_heads.box_head.0.") for k in ckpt.state) else "v1"
+        # v2 has a conv box head (keys roi_heads.box_head.0.*), v1 fc6/fc7; Faster R-CNN no mask keys
+        variant = torchvision_variant(ckpt.state)
     try:
         model = from_torchvision(ckpt.state, variant, **options)
     except ValueError as e:

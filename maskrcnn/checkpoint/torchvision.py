@@ -1,4 +1,5 @@
-"""Load torchvision Mask R-CNN checkpoints (maskrcnn_resnet50_fpn and _v2) into our model.
+"""Load torchvision Mask R-CNN checkpoints (maskrcnn_resnet50_fpn and _v2) into our model, and
+its Faster R-CNN ones (fasterrcnn_resnet50_fpn and _v2: the same model without the mask branch).
 
 torchvision's module names map one-to-one onto ours; only the names differ. The rules below
 also accept the names of older torchvision releases (before Conv2dNormActivation wrapped convs
@@ -85,31 +86,57 @@ def read_state_dict(source: str | Path | dict) -> dict[str, Tensor]:
     return state
 
 
+# from_torchvision's variants: torchvision builder -> (our layout, mask branch)
+VARIANTS = {
+    "v1": ("v1", True),  # maskrcnn_resnet50_fpn
+    "v2": ("v2", True),  # maskrcnn_resnet50_fpn_v2
+    "faster": ("v1", False),  # fasterrcnn_resnet50_fpn
+    "faster_v2": ("v2", False),  # fasterrcnn_resnet50_fpn_v2
+}
+
+
+def torchvision_variant(state_dict: dict[str, Tensor]) -> str:
+    """The `from_torchvision` variant a torchvision state dict's keys show."""
+    v2 = any(k.startswith("roi_heads.box_head.0.") for k in state_dict)
+    masks = any(k.startswith("roi_heads.mask_") for k in state_dict)
+    return ("v2" if v2 else "v1") if masks else ("faster_v2" if v2 else "faster")
+
+
 def infer_config(state_dict: dict[str, Tensor], variant: str) -> dict:
     """Architecture facts that a torchvision state dict carries: depth, classes, norm eps."""
     if "roi_heads.box_predictor.cls_score.weight" not in state_dict:
         raise ValueError("not a torchvision Mask R-CNN state dict: roi_heads.box_predictor.cls_score.weight is missing")
+    found = torchvision_variant(state_dict)
+    if VARIANTS[found][1] != VARIANTS[variant][1]:
+        what = "has a mask branch (Mask R-CNN)" if VARIANTS[found][1] else "has no mask branch (Faster R-CNN)"
+        raise ValueError(f"checkpoint {what}: load it with variant={found!r}, not {variant!r}")
+    layout, mask_on = VARIANTS[variant]
     blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"backbone\.body\.layer3\.(\d+)\.", k))}
     depth = {6: 50, 23: 101, 36: 152}.get(len(blocks))
     if depth is None:
         raise ValueError(f"unsupported backbone: layer3 has {len(blocks)} blocks (ResNet-50 has 6, ResNet-101 has 23)")
     has_v2_box_head = any(k.startswith("roi_heads.box_head.0.") for k in state_dict)
-    if has_v2_box_head != (variant == "v2"):
+    if has_v2_box_head != (layout == "v2"):
         found = "v2" if has_v2_box_head else "v1"
         raise ValueError(f"checkpoint has the {found} layout but variant={variant!r} was asked for")
     # Published v1 weights come from FrozenBatchNorm2d models (no step counters), which
     # torchvision runs with eps 0.0; BatchNorm2d-trained weights (v2, fresh models) use 1e-5.
     frozen = not any(k.startswith("backbone.body.") and k.endswith("num_batches_tracked") for k in state_dict)
     return {
-        "variant": variant,
+        "variant": layout,
+        "mask_on": mask_on,
         "depth": depth,
         "num_classes": state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0],
-        "norm_eps": 0.0 if (frozen and variant == "v1") else 1e-5,
+        "norm_eps": 0.0 if (frozen and layout == "v1") else 1e-5,
     }
 
 
 def from_torchvision(state_dict_or_path: str | Path | dict, variant: str = "v1", **options) -> MaskRCNN:
     """Build our model from a torchvision Mask R-CNN checkpoint, in eval mode.
+
+    variant: "v1" (maskrcnn_resnet50_fpn), "v2" (maskrcnn_resnet50_fpn_v2), "faster"
+    (fasterrcnn_resnet50_fpn: no mask branch, detections without masks) or "faster_v2"
+    (fasterrcnn_resnet50_fpn_v2).
 
     options: torchvision's keyword names (box_score_thresh, box_nms_thresh,
     box_detections_per_img, min_size, max_size, rpn_pre_nms_top_n_test, ...) and `norm_eps`
@@ -119,8 +146,8 @@ def from_torchvision(state_dict_or_path: str | Path | dict, variant: str = "v1",
     >>> det = model([image]).detections[0]   # image: (3, H, W) float in [0, 1]  # doctest: +SKIP
     >>> det.boxes, det.labels, det.scores, det.masks  # doctest: +SKIP
     """
-    if variant not in ("v1", "v2"):
-        raise ValueError(f"variant must be 'v1' or 'v2', got {variant!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
     state = read_state_dict(state_dict_or_path)
     config = infer_config(state, variant)
     if "num_classes" in options and options["num_classes"] != config["num_classes"]:

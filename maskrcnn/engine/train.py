@@ -277,7 +277,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
         write_json_atomic(cfg.to_dict(), out / "config.json")
         if resume:
             metrics.truncate_after(start_iter)
-    evaluator = _make_evaluator(train_set, val_set) if val_set is not None else None
+    evaluator = _make_evaluator(train_set, val_set, masks=model.roi_heads.has_mask) if val_set is not None else None
 
     def save_checkpoint(done: int) -> None:
         rng = distributed.all_gather_object(capture_rng_state())  # every process's RNG
@@ -404,7 +404,7 @@ def _write_plots(out: Path, evaluator, eval_results: dict, tensorboard, iteratio
     return f"plots: {written[0]}" + (f" and {len(written) - 1} files in {out / 'plots'}" if len(written) > 1 else "")
 
 
-def _make_evaluator(train_set: CocoDataset, val_set: CocoDataset):
+def _make_evaluator(train_set: CocoDataset, val_set: CocoDataset, masks: bool = True):
     from ..evaluation import COCOEvaluator
 
     # The model's labels are the training set's; the validation set must share its categories.
@@ -412,7 +412,8 @@ def _make_evaluator(train_set: CocoDataset, val_set: CocoDataset):
         raise ConfigError(f"{val_set.annotation_file} has categories {val_set.category_ids} but the training "
                           f"data {train_set.annotation_file} has {train_set.category_ids}")
     return COCOEvaluator(val_set.annotation_file, label_to_category_id=train_set.label_to_category_id,
-                         class_names=train_set.class_names)
+                         class_names=train_set.class_names,
+                         iou_types=("bbox", "segm") if masks else ("bbox",))  # mask_on=false: boxes only
 
 
 def _evaluate(model: MaskRCNN, val_set: CocoDataset, evaluator, batch_size: int, device: torch.device) -> dict:

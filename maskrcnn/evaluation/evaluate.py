@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             # whose detections would then count twice
             dataset.verify_images()
         model = load_model_for_eval(args.weights, device)
+        if not model.roi_heads.has_mask and "segm" in args.iou_types:
+            print("maskrcnn eval: the model has no mask branch (detection only): evaluating bbox alone", file=sys.stderr)
+            args.iou_types = [t for t in args.iou_types if t != "segm"] or ["bbox"]
         evaluator = COCOEvaluator(args.data, label_to_category_id=label_mapping(model, dataset, by_position=args.map_classes_by_position),
                                   class_names=dataset.class_names, iou_types=args.iou_types)
     except (OSError, ValueError, RuntimeError, DataError) as e:

@@ -132,6 +132,15 @@ def _class_mask_logits(head: MaskHead, x: Tensor, labels: Tensor) -> Tensor:
     return logits.reshape(-1, x.shape[-2], x.shape[-1]) + head.predictor.bias[channel][:, None, None]
 
 
+def _unsupported_switches(model: MaskRCNN) -> list[str]:
+    """The ModelConfig ablation switches (issue 11) this graph does not implement, as "name=value"."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return []
+    defaults = dict(roi_extractor="align", mask_loss="sigmoid", class_agnostic_masks=False, mask_head="fcn")
+    return [f"{k}={getattr(config, k)!r}" for k, v in defaults.items() if getattr(config, k, v) != v]
+
+
 def _sorted_top(scores: Tensor, k) -> tuple[Tensor, Tensor]:
     """The k best of each row, best first, ties to the lower index (a stable sort; exports as
     TopK, which breaks ties the same way). (N, S) -> values, indices (N, k)."""
@@ -157,6 +166,10 @@ class InferenceGraph(nn.Module):
         super().__init__()
         if not model.roi_heads.has_mask:
             raise ValueError("the export needs a model with a mask branch")
+        unsupported = _unsupported_switches(model)
+        if unsupported:
+            raise NotImplementedError(f"the export implements the default RoIAlign, per-class sigmoid FCN mask head; "
+                                      f"this model has {', '.join(unsupported)}")
         if getattr(model.rpn.anchor_generator, "offset", None) is not None:
             raise NotImplementedError("the export implements torchvision's anchor grid, not Detectron2's offset one")
         # A copy, contiguous (channels-last strides mean nothing to ONNX and slow the tracing)

@@ -350,7 +350,8 @@ def load_model(
     device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps"
         (`maskrcnn.device.resolve_device`; an unavailable one is a DeviceError, a ValueError).
     precision: "fp32", or "fp16" (CUDA only): the forward under float16 autocast.
-    variant: "v1" / "v2" for torchvision files (default: read from the state dict's layout).
+    variant: "v1" / "v2" / "faster" / "faster_v2" for torchvision files (default: read from the
+        state dict's layout; Faster R-CNN results have no masks).
     class_names: names of labels 1..K-1 (default: the checkpoint's; COCO's for torchvision
         checkpoints with 91 classes).
     category_ids: label -> COCO category id for `Result.to_coco` (default: the native

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from ..ops import MultiScaleRoIAlign, batched_nms, roi_align
+from ..ops import MultiScaleRoIAlign, batched_nms, roi_align, roi_pool, roi_warp
 from .anchors import AnchorGenerator
 from .backbone.fpn import FPN, ResNetFPN
 from .backbone.resnet import ResNet
@@ -19,7 +19,7 @@ from .config_checks import check_model_config
 from .layers import batch_norm, frozen_bn
 from .mask_rcnn import MaskRCNN
 from .roi_heads.box_head import BoxHead, BoxPredictor
-from .roi_heads.mask_head import MaskHead
+from .roi_heads.mask_head import MaskHead, MLPMaskHead
 from .roi_heads.roi_heads import RoIHeads
 from .rpn import RPN, RPNHead
 from .transform import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
@@ -68,6 +68,12 @@ class ModelConfig:
     box_batch_size_per_image: int = 512
     box_positive_fraction: float = 0.25
     bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    # The paper's ablations (Table 2b, c, e; Table 3); defaults: its final design
+    mask_on: bool = True  # False: detection only (Faster R-CNN), no mask branch built or run
+    roi_extractor: str = "align"  # "pool": quantized max (Fast R-CNN's RoIPool); "warp": quantized box, bilinear
+    mask_loss: str = "sigmoid"  # "softmax": multinomial over the classes, the masks compete
+    class_agnostic_masks: bool = False  # True: one mask for every class
+    mask_head: str = "fcn"  # "mlp": fully connected layers (representation_size wide) to K x 28 x 28
     # Detectron2: each option is one way its R-CNN differs from torchvision's (defaults: torchvision)
     input_format: str = "RGB"  # channel order the network sees; "BGR" for Detectron2's MSRA weights
     pixel_scale: float = 1.0  # 255.0: the network sees 0..255 (image_mean/std in those units)
@@ -87,6 +93,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_model_config(self)  # every option range-checked; ModelConfigError names it
+        check_head_switches(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
@@ -99,6 +106,25 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# RoI feature extractors by `ModelConfig.roi_extractor`; each is called as roi_align is.
+ROI_EXTRACTORS = {"align": roi_align, "pool": roi_pool, "warp": roi_warp}
+
+
+def check_head_switches(config: ModelConfig) -> None:
+    """The ablation switches' values and the combinations that have no meaning."""
+    choices = {"roi_extractor": tuple(ROI_EXTRACTORS), "mask_loss": ("sigmoid", "softmax"), "mask_head": ("fcn", "mlp")}
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    if config.mask_loss == "softmax" and config.class_agnostic_masks:
+        raise ValueError("mask_loss='softmax' takes a softmax over the classes' masks: it needs class-specific "
+                         "masks (class_agnostic_masks=False)")
+    if config.mask_loss == "softmax" and config.background_last:
+        raise ValueError("mask_loss='softmax' needs a background mask channel, which background_last=True "
+                         "(Detectron2's layout) does not have")
 
 
 def build_model(config: ModelConfig) -> MaskRCNN:
@@ -139,7 +165,7 @@ def build_model(config: ModelConfig) -> MaskRCNN:
     # The operators are named here, so an export can build the same model around its own.
     pooler = dict(strides=roi_strides, sampling_ratio=config.roi_sampling_ratio, aligned=config.roi_aligned,
                   level_eps=config.roi_level_eps, level_eps_in_log=config.roi_level_eps_in_log,
-                  roi_align=roi_align)
+                  roi_align=ROI_EXTRACTORS[config.roi_extractor])
     box_head = BoxHead(
         in_channels=c,
         pooled_size=7,
@@ -147,15 +173,24 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         fc_dims=(config.representation_size,) if v2 else (config.representation_size,) * 2,
         norm=head_norm,
     )
-    m = config.mask_head_channels
+    mask_pooler = mask_head = None
+    if config.mask_on:
+        mask_pooler = MultiScaleRoIAlign(output_size=14, **pooler)
+        mask_layout = dict(num_classes=config.num_classes, background_channel=not config.background_last,
+                           class_agnostic=config.class_agnostic_masks)
+        if config.mask_head == "mlp":
+            mask_head = MLPMaskHead(in_channels=c, pooled_size=14, fc_dims=(config.representation_size,) * 2,
+                                    **mask_layout)
+        else:
+            mask_head = MaskHead(in_channels=c, conv_dims=(config.mask_head_channels,) * 4, norm=head_norm,
+                                 **mask_layout)
     roi_heads = RoIHeads(
         box_pooler=MultiScaleRoIAlign(output_size=7, **pooler),
         box_head=box_head,
         box_predictor=BoxPredictor(in_features=box_head.out_features, num_classes=config.num_classes,
                                    background_last=config.background_last),
-        mask_pooler=MultiScaleRoIAlign(output_size=14, **pooler),
-        mask_head=MaskHead(in_channels=c, num_classes=config.num_classes, conv_dims=(m,) * 4, norm=head_norm,
-                           background_channel=not config.background_last),
+        mask_pooler=mask_pooler,
+        mask_head=mask_head,
         fg_iou_thresh=config.box_fg_iou_thresh,
         bg_iou_thresh=config.box_bg_iou_thresh,
         batch_size_per_image=config.box_batch_size_per_image,
@@ -166,6 +201,7 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         detections_per_img=config.box_detections_per_img,
         min_size=config.box_min_size,
         nms=batched_nms,
+        mask_loss=config.mask_loss,
     )
     transform = ImageTransform(min_size=config.min_size, max_size=config.max_size,
                                image_mean=config.image_mean, image_std=config.image_std,

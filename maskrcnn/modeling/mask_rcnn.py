@@ -13,7 +13,8 @@
 images: list of (3, Hi, Wi) float tensors in [0, 1], RGB, any sizes.
 targets: one dict per image: "boxes" float (G, 4) xyxy pixels, "labels" int64 (G,) in 1..K-1 (0..K-2 with
 first_label=0, Detectron2's class index),
-"masks" uint8/bool (G, Hi, Wi), optionally "iscrowd" (G,) (crowd regions are ignored).
+"masks" uint8/bool (G, Hi, Wi) (optional for a model without a mask branch, `mask_on=False`),
+optionally "iscrowd" (G,) (crowd regions are ignored).
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ class MaskRCNN(nn.Module):
         resized alike (never modified in place)."""
         images = check_images(images)
         if targets is not None:
-            check_targets(images, targets, self.num_classes, self.first_label)
+            check_targets(images, targets, self.num_classes, self.first_label, need_masks=self.roi_heads.has_mask)
             if self.first_label != 1:
                 # the heads count classes from 1 (0 is their background)
                 targets = [{**t, "labels": t["labels"] + (1 - self.first_label)} for t in targets]
@@ -209,21 +210,24 @@ def check_images(images: list[Tensor]) -> list[Tensor]:
 
 
 def check_targets(images: list[Tensor], targets: list[dict[str, Tensor]], num_classes: int,
-                  first_label: int = 1) -> None:
+                  first_label: int = 1, need_masks: bool = True) -> None:
+    """need_masks=False (a model without a mask branch): "masks" may be left out; given, they
+    are still checked."""
     if len(targets) != len(images):
         raise ValueError(f"got {len(images)} images but {len(targets)} targets")
     for i, (image, target) in enumerate(zip(images, targets)):
-        for key in ("boxes", "labels", "masks"):
+        for key in ("boxes", "labels", "masks") if need_masks else ("boxes", "labels"):
             if key not in target:
                 raise ValueError(f"target {i} has no '{key}' (keys: {sorted(target)})")
-        boxes, labels, masks = target["boxes"], target["labels"], target["masks"]
+        boxes, labels = target["boxes"], target["labels"]
         h, w = image.shape[-2:]
         if boxes.dim() != 2 or boxes.shape[-1] != 4 or not boxes.is_floating_point():
             raise ValueError(f"target {i}: boxes must be a float (G, 4) tensor, got {boxes.dtype} {tuple(boxes.shape)}")
         g = boxes.shape[0]
         if labels.shape != (g,) or labels.is_floating_point():
             raise ValueError(f"target {i}: labels must be an int64 ({g},) tensor, got {labels.dtype} {tuple(labels.shape)}")
-        if masks.shape != (g, h, w):
+        masks = target.get("masks")
+        if masks is not None and masks.shape != (g, h, w):
             raise ValueError(f"target {i}: masks must be ({g}, {h}, {w}) to match the boxes and the image, got {tuple(masks.shape)}")
         if g == 0:
             continue

@@ -1,4 +1,4 @@
-"""RoIAlign and RoIPool in vectorized PyTorch.
+"""RoIAlign, RoIPool and RoIWarp in vectorized PyTorch.
 
 RoIAlign averages bilinear samples taken on a regular grid inside each output bin. Every sample
 is drawn in one `grid_sample` call, whose 'border' padding reproduces the reference kernel's edge
@@ -173,11 +173,16 @@ def roi_pool(
     rois: Tensor,
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
 ) -> Tensor:
     """Max pooling over quantized bins (Fast R-CNN's RoIPool), torchvision's rounding rules: box
     corners scaled and rounded half away from zero, a box at least 1x1 cell (end - start + 1),
     bin b covering cells floor(b * size / n) .. ceil((b + 1) * size / n) - 1, clipped to the map.
-    features (N, C, H, W); rois (R, 5) -> (R, C, ph, pw). Empty bins give 0."""
+    features (N, C, H, W); rois (R, 5) -> (R, C, ph, pw). Empty bins give 0.
+    `sampling_ratio` and `aligned` are accepted and ignored (a max over whole cells has no
+    sampling points, a quantized box no half-pixel offset), so a `MultiScaleRoIAlign` calls it
+    exactly as it calls `roi_align`."""
     ph, pw = _pair(output_size)
     num_rois = rois.shape[0]
     _, channels, height, width = features.shape
@@ -236,3 +241,27 @@ def roi_pool(
         pooled = vals.flatten(start_dim=4).max(dim=4).values
         out[s] = torch.where(torch.isinf(pooled) & (pooled < 0), torch.zeros_like(pooled), pooled)
     return out
+
+
+def roi_warp(
+    features: Tensor,
+    rois: Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """The Mask R-CNN paper's RoIWarp (from MNC, Dai et al. 2016): the box is quantized as in
+    RoIPool, then its bins are sampled bilinearly and averaged as in RoIAlign. It isolates what
+    the paper's Table 2c measures: the quantization of the box, not the max over cells.
+
+    Box corners are scaled to the feature map and rounded half away from zero (RoIPool's
+    rounding), then `roi_align` (aligned=False: cell i sits at coordinate i, a box at least 1x1
+    cell) samples the quantized box [round(x1 s), round(x2 s)]. `aligned` is ignored: once the
+    corners are on whole cells there is no half-pixel offset left to choose. The gradient
+    flows to the features (as RoIAlign's); the rounding passes none to the boxes.
+    features (N, C, H, W); rois (R, 5) -> (R, C, ph, pw)."""
+    rois = rois.to(features.dtype)
+    corners = _round_half_away(rois[:, 1:] * spatial_scale).to(features.dtype)
+    quantized = torch.cat([rois[:, :1], corners], dim=1)
+    return roi_align(features, quantized, output_size, 1.0, sampling_ratio, False)

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    p.add_argument("--variant", choices=("v1", "v2"), help="layout of a torchvision checkpoint (default: inferred)")
+    p.add_argument("--variant", choices=("v1", "v2", "faster", "faster_v2"),
+                   help="layout of a torchvision checkpoint (default: inferred; faster*: Faster R-CNN, no masks)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--score-threshold", type=float, default=d.score_threshold, help="default of the request option")
     p.add_argument("--mask-threshold", type=float, default=d.mask_threshold, help="default of the request option")

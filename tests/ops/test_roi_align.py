@@ -1,4 +1,4 @@
-"""RoIAlign and RoIPool against loop transcriptions of torchvision's compiled CPU kernels,
+"""RoIAlign, RoIPool and RoIWarp against loop transcriptions of torchvision's compiled CPU kernels,
 a hand-computed grid in both conventions, and float64 gradcheck."""
 import importlib
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.ops import roi_align, roi_pool
+from maskrcnn.ops import roi_align, roi_pool, roi_warp
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -409,3 +409,69 @@ def test_roi_pool_gradient_goes_to_the_first_maximum_of_a_bin():
     expected = torch.zeros_like(grad)
     expected[0, 0, 1, 2] = 1.0  # row 1 comes before rows 2 and 3
     assert torch.equal(grad, expected)
+
+
+# ----------------------------------------------------------------------------- RoIWarp
+
+
+def ref_roi_warp(features, rois, output_size, spatial_scale, sampling_ratio):
+    """RoIWarp one RoI at a time: corners rounded with C's round() on the feature grid, then
+    the RoIAlign loop (aligned=False) on the quantized box."""
+    t = _np_dtype(features.dtype)
+
+    def c_round(v):
+        v = float(v)
+        return int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
+
+    quantized = torch.tensor(
+        [[float(r[0])] + [c_round(t(v) * t(spatial_scale)) for v in r[1:].tolist()] for r in rois],
+        dtype=torch.float64).reshape(-1, 5)
+    return ref_roi_align(features, quantized.to(features.dtype), output_size, 1.0, sampling_ratio, False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+@pytest.mark.parametrize("spatial_scale", [1.0, 0.25])
+def test_roi_warp_matches_loop(dtype, sampling_ratio, spatial_scale):
+    height, width = 9, 11
+    features = random_features((2, 3, height, width), 31, dtype)
+    rois = random_rois(24, height / spatial_scale, width / spatial_scale, 2, seed=32, dtype=dtype)
+    out = roi_warp(features, rois, (3, 4), spatial_scale, sampling_ratio)
+    assert out.shape == (24, 3, 3, 4) and out.dtype == dtype
+    torch.testing.assert_close(out, ref_roi_warp(features, rois, (3, 4), spatial_scale, sampling_ratio), **_tol(dtype))
+
+
+def test_roi_warp_hand_computed_misalignment():
+    # A map whose value is its column index: bilinear sampling reads the x coordinate itself.
+    # Box x from 0.4 to 4.4, two bins, one sample each: RoIAlign samples at x = 1.4 and 3.4;
+    # RoIWarp first rounds the box to 0..4 and samples at 1 and 3, 0.4 cells off (the
+    # misalignment of Table 2c). RoIPool takes the max of cells 0..2 and 2..4: 2 and 4.
+    features = torch.arange(6, dtype=torch.float64).repeat(1, 1, 4, 1)  # (1, 1, 4, 6), value = x
+    rois = torch.tensor([[0, 0.4, 0.0, 4.4, 3.0]], dtype=torch.float64)
+    align = roi_align(features, rois, (1, 2), 1.0, 1, False)
+    warp = roi_warp(features, rois, (1, 2), 1.0, 1, False)
+    pool = roi_pool(features, rois, (1, 2), 1.0)
+    torch.testing.assert_close(align.flatten(), torch.tensor([1.4, 3.4], dtype=torch.float64))
+    torch.testing.assert_close(warp.flatten(), torch.tensor([1.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(pool.flatten(), torch.tensor([2.0, 4.0], dtype=torch.float64))
+    # a box already on whole cells is not moved: RoIWarp == RoIAlign there
+    on_grid = torch.tensor([[0, 1.0, 0.0, 5.0, 3.0]], dtype=torch.float64)
+    torch.testing.assert_close(roi_warp(features, on_grid, 3, 1.0, 2), roi_align(features, on_grid, 3, 1.0, 2))
+    # aligned is ignored: the quantized box has no half-pixel offset to choose
+    torch.testing.assert_close(roi_warp(features, rois, 2, 1.0, 2, True), roi_warp(features, rois, 2, 1.0, 2, False))
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_roi_warp_gradcheck(sampling_ratio):
+    features = random_features((2, 2, 6, 7), 33, torch.float64).requires_grad_()
+    rois = _gradcheck_rois()
+    assert torch.autograd.gradcheck(
+        lambda f: roi_warp(f, rois, (2, 3), 0.5, sampling_ratio), (features,), eps=1e-6, atol=1e-6
+    )
+
+
+def test_roi_pool_accepts_the_roi_align_signature():
+    # the pooler calls every extractor as f(features, rois, size, scale, sampling_ratio, aligned)
+    features = random_features((1, 2, 6, 6), 34, torch.float64)
+    rois = random_rois(6, 6, 6, 1, seed=35, dtype=torch.float64)
+    torch.testing.assert_close(roi_pool(features, rois, 2, 1.0, 2, True), roi_pool(features, rois, 2, 1.0), rtol=0, atol=0)

@@ -12,7 +12,7 @@ from ...ops import BoxCoder, MultiScaleRoIAlign, batched_nms
 from ...structures import Detections
 from ..matcher import BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD, Matcher, crowd_mask, match_to_gt, sample_balanced
 from .box_head import BoxHead, BoxPredictor, box_losses, postprocess_boxes
-from .mask_head import MaskHead, mask_loss, select_class
+from .mask_head import MaskHead, mask_loss, mask_probabilities, select_class
 
 
 class RoIHeads(nn.Module):
@@ -44,8 +44,14 @@ class RoIHeads(nn.Module):
         detections_per_img: int = 100,
         min_size: float = 1e-2,
         nms=batched_nms,
+        mask_loss: str = "sigmoid",
     ):
+        """mask_loss: "sigmoid" (per-class binary, the paper's) or "softmax" (multinomial over
+        the classes, its Table 2b ablation); it also decides how masks become probabilities."""
         super().__init__()
+        if mask_loss not in ("sigmoid", "softmax"):
+            raise ValueError(f"mask_loss must be 'sigmoid' or 'softmax', got {mask_loss!r}")
+        self.mask_loss = mask_loss
         self.min_size = min_size
         self.nms = nms
         self.box_pooler = box_pooler
@@ -102,7 +108,8 @@ class RoIHeads(nn.Module):
             return [Detections(boxes=b, scores=s, labels=l) for b, s, l in results]
         boxes = [r[0] for r in results]
         labels = torch.cat([r[2] for r in results])
-        mask_probs = self.mask_logits(features, boxes, labels).sigmoid()
+        mask_probs = mask_probabilities(self.mask_head(self.mask_pooler(features, boxes)), labels,
+                                        self.mask_head.first_class, self.mask_loss)
         counts = [b.shape[0] for b in boxes]
         return [Detections(boxes=b, scores=s, labels=l, masks=m)
                 for (b, s, l), m in zip(results, mask_probs.split(counts))]
@@ -159,5 +166,5 @@ class RoIHeads(nn.Module):
             gt_masks = [target["masks"][~crowd_mask(target)] for target in targets]
             mask_logits = self.mask_head(self.mask_pooler(features, pos_props))
             losses["loss_mask"] = mask_loss(mask_logits, pos_labels, pos_props, gt_masks, pos_matched,
-                                            self.mask_head.first_class)
+                                            self.mask_head.first_class, self.mask_loss)
         return losses
