@@ -93,6 +93,9 @@ class ModelConfig:
     head_norm: str | None = None  # FPN and head convs: None = the variant's ("none" v1, "bn" v2); "bn" / "sync_bn" / "gn"
     gn_groups: int = 32  # groups of every GroupNorm (32 as Wu & He 2018; must divide each layer's width)
 
+    def __post_init__(self):
+        _check_backbone_options(self)
+
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
         known = {f.name for f in fields(cls)}
@@ -112,8 +115,6 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         raise ValueError(f"variant must be 'v1' or 'v2', got {config.variant!r}")
     v2 = config.variant == "v2"
     backbone_norm, head_norm = _norms(config)
-    if config.architecture not in ("fpn", "c4"):
-        raise ValueError(f"architecture must be 'fpn' or 'c4', got {config.architecture!r}")
     c4 = config.architecture == "c4"
     if c4 and v2:
         raise ValueError("architecture 'c4' has its own RoI head (res5); variant 'v2' (FPN heads) does not apply")
@@ -206,17 +207,28 @@ def _assemble(config: ModelConfig, backbone, rpn: RPN, roi_heads: RoIHeads) -> M
     return model.to(memory_format=torch.channels_last)
 
 
+_BACKBONE_NORMS = ("frozen_bn", "bn", "sync_bn", "gn")
+_HEAD_NORMS = ("none", "bn", "sync_bn", "gn")  # no frozen_bn: the heads have no pretrained statistics
+
+
+def _check_backbone_options(config: ModelConfig) -> None:
+    """Clear errors for the backbone and norm options, when a config is made (so YAML configs
+    fail as they are read)."""
+    if config.architecture not in ("fpn", "c4"):
+        raise ValueError(f"architecture must be 'fpn' or 'c4', got {config.architecture!r}")
+    if config.backbone_norm not in _BACKBONE_NORMS:
+        raise ValueError(f"backbone_norm must be one of {', '.join(_BACKBONE_NORMS)}, got {config.backbone_norm!r}")
+    if config.head_norm is not None and config.head_norm not in _HEAD_NORMS:
+        raise ValueError(f"head_norm must be null (the variant's) or one of {', '.join(_HEAD_NORMS)}, "
+                         f"got {config.head_norm!r}")
+    for name in ("gn_groups", "groups", "width_per_group"):
+        if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)!r}")
+
+
 def _norms(config: ModelConfig) -> tuple[NormFactory, NormFactory | None]:
-    """The backbone's and the heads' norm layers, checked by name."""
-    backbone = ("frozen_bn", "bn", "sync_bn", "gn")
-    if config.backbone_norm not in backbone:
-        raise ValueError(f"backbone_norm must be one of {', '.join(backbone)}, got {config.backbone_norm!r}")
+    """The backbone's and the heads' norm layers."""
     head = config.head_norm if config.head_norm is not None else ("bn" if config.variant == "v2" else "none")
-    heads = ("none", "bn", "sync_bn", "gn")
-    if head not in heads:  # frozen_bn: the heads have no pretrained statistics to freeze
-        raise ValueError(f"head_norm must be null (the variant's) or one of {', '.join(heads)}, got {head!r}")
-    if config.gn_groups < 1:
-        raise ValueError(f"gn_groups must be positive, got {config.gn_groups}")
     return (norm_factory(config.backbone_norm, eps=config.norm_eps, gn_groups=config.gn_groups),
             norm_factory(head, gn_groups=config.gn_groups))
 
