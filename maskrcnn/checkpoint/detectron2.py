@@ -177,8 +177,8 @@ def infer_detectron2_config(state_dict: dict[str, Tensor]) -> dict:
     if "roi_heads.res5.0.conv1.weight" in state_dict:
         return infer_detectron2_c4_config(state_dict)
     if not any(k.startswith("backbone.fpn_lateral") for k in state_dict):
-        raise ValueError("not a Detectron2 FPN Mask R-CNN: no backbone.fpn_lateral* weights (C4 and DC5 "
-                         "models, and ImageNet backbones such as R-50.pkl, are not supported)")
+        raise ValueError("not a Detectron2 FPN or C4 Mask R-CNN: no backbone.fpn_lateral* or roi_heads.res5.* "
+                         "weights (DC5 models, and ImageNet backbones such as R-50.pkl, are not supported)")
     cls_key, box_key = "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.weight"
     if cls_key not in state_dict:
         raise ValueError(f"not a Detectron2 R-CNN: {cls_key} is missing")
