@@ -174,3 +174,10 @@ def test_imagenet_resnet_loads_into_c4_with_layer4_as_the_res5_head(tmp_path):
     ours = model.state_dict()
     assert torch.equal(ours["roi_heads.res5.1.conv2.weight"], imagenet["layer4.1.conv2.weight"])
     assert torch.equal(ours["backbone.body.layer3.0.conv1.weight"], imagenet["layer3.0.conv1.weight"])
+
+
+def test_onnx_export_refuses_the_c4_model_by_name():
+    from maskrcnn.export.onnx import _refuse_detectron2_options
+
+    with pytest.raises(NotImplementedError, match="architecture='c4'"):
+        _refuse_detectron2_options(small_c4())
