@@ -2,7 +2,7 @@
 GroupNorm in the backbone, same data, schedule and iterations.
 
     python benchmarks/norms_from_scratch.py [--iterations 400] [--train-images 300] [--val-images 100]
-                                            [--variants frozen_bn bn gn] [--out /tmp/norms_from_scratch]
+                                            [--variants frozen_bn bn gn] [--threads N] [--out DIR]
 
 Each variant is `maskrcnn demo`'s recipe (configs/shapes_cpu.yaml: ResNet-18 at 1/4 width, v2
 heads with batch norm, every stage trainable, cosine schedule) trained by the same `train`
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=["frozen_bn", "bn", "gn"], choices=list(VARIANTS))
     parser.add_argument("--out", default="/tmp/norms_from_scratch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice; 1 on a "
+                        "busy machine, where two threads wait on each other)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     train_ann = generate_shapes_dataset(out / "data" / "train", args.train_images, seed=args.seed)
@@ -57,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         f"data.train_annotations={train_ann}", f"data.train_images={train_ann.parent / 'images'}",
         f"data.val_annotations={val_ann}", f"data.val_images={val_ann.parent / 'images'}",
         f"solver.max_iter={args.iterations}", f"solver.warmup_iters={min(100, args.iterations // 4)}",
-        f"train.seed={args.seed}", "train.progress=false", "train.tensorboard=false",
-        f"train.checkpoint_period={args.iterations}", f"train.log_period={max(1, args.iterations // 4)}",
+        f"train.seed={args.seed}", "train.progress=false", "train.tensorboard=false", f"train.num_threads={args.threads}",
+        f"train.checkpoint_period={args.iterations}", f"train.log_period={max(1, args.iterations // 20)}",
     ]
     rows = []
     for name in args.variants:
