@@ -1,4 +1,4 @@
-"""Load Detectron2 Mask R-CNN checkpoints (R-50/R-101 FPN) into our model, safely.
+"""Load Detectron2 Mask R-CNN checkpoints (R-50/R-101 FPN, R-50 C4) into our model, safely.
 
 Two file kinds:
   - the model zoo's `.pkl` (e.g. model_final_f10217.pkl): a pickled dict of numpy arrays, usually
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..modeling.build import DETECTRON2_OPTIONS, ModelConfig, build_model
+from ..modeling.build import DETECTRON2_OPTIONS, PRESETS, ModelConfig, build_model
 from ..modeling.mask_rcnn import MaskRCNN
 from .native import load_checked
 
@@ -49,12 +49,27 @@ _RULES: list[tuple[str, object]] = [
     (r"^proposal_generator\.rpn_head\.anchor_deltas\.", "rpn.head.deltas."),
     (r"^roi_heads\.box_head\.fc(\d)\.", lambda m: f"roi_heads.box_head.fcs.{int(m.group(1)) - 1}."),
     (r"^roi_heads\.mask_head\.mask_fcn(\d)\.", lambda m: f"roi_heads.mask_head.convs.{int(m.group(1)) - 1}.conv."),
-    # roi_heads.box_predictor.{cls_score,bbox_pred}, roi_heads.mask_head.{deconv,predictor}: same names
+    # C4 models: the ResNet is the backbone itself (no bottom_up), its res5 the RoI head
+    (r"^backbone\.stem\.conv1\.norm\.", "backbone.body.bn1."),
+    (r"^backbone\.stem\.conv1\.", "backbone.body.conv1."),
+    (r"^backbone\.res(\d)\.(\d+)\.shortcut\.norm\.",
+     lambda m: f"backbone.body.layer{int(m.group(1)) - 1}.{m.group(2)}.downsample.1."),
+    (r"^backbone\.res(\d)\.(\d+)\.shortcut\.",
+     lambda m: f"backbone.body.layer{int(m.group(1)) - 1}.{m.group(2)}.downsample.0."),
+    (r"^backbone\.res(\d)\.(\d+)\.conv(\d)\.norm\.",
+     lambda m: f"backbone.body.layer{int(m.group(1)) - 1}.{m.group(2)}.bn{m.group(3)}."),
+    (r"^backbone\.res(\d)\.(\d+)\.conv(\d)\.",
+     lambda m: f"backbone.body.layer{int(m.group(1)) - 1}.{m.group(2)}.conv{m.group(3)}."),
+    (r"^roi_heads\.res5\.(\d+)\.shortcut\.norm\.", r"roi_heads.res5.\1.downsample.1."),
+    (r"^roi_heads\.res5\.(\d+)\.shortcut\.", r"roi_heads.res5.\1.downsample.0."),
+    (r"^roi_heads\.res5\.(\d+)\.conv(\d)\.norm\.", r"roi_heads.res5.\1.bn\2."),
+    # roi_heads.res5.N.convK, roi_heads.box_predictor.{cls_score,bbox_pred},
+    # roi_heads.mask_head.{deconv,predictor}: same names
 ]
 
 # Buffers that older Detectron2 versions saved and that carry nothing the model needs.
 _IGNORED = re.compile(r"^(pixel_mean|pixel_std|proposal_generator\.anchor_generator\.cell_anchors\.\d+)$")
-_NORM_PREFIX = re.compile(r"^(backbone\.bottom_up\..*\.norm\.)weight$")
+_NORM_PREFIX = re.compile(r"^((?:backbone\.bottom_up\.|backbone\.stem\.|backbone\.res\d|roi_heads\.res5\.).*\.norm\.)weight$")
 
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
@@ -162,9 +177,11 @@ def detectron2_key_to_ours(key: str) -> str:
 def infer_detectron2_config(state_dict: dict[str, Tensor]) -> dict:
     """The architecture facts a Detectron2 state dict carries, on top of DETECTRON2_OPTIONS:
     depth and class count. Other architectures are refused by name."""
+    if "roi_heads.res5.0.conv1.weight" in state_dict:
+        return infer_detectron2_c4_config(state_dict)
     if not any(k.startswith("backbone.fpn_lateral") for k in state_dict):
-        raise ValueError("not a Detectron2 FPN Mask R-CNN: no backbone.fpn_lateral* weights (C4 and DC5 "
-                         "models, and ImageNet backbones such as R-50.pkl, are not supported)")
+        raise ValueError("not a Detectron2 FPN or C4 Mask R-CNN: no backbone.fpn_lateral* or roi_heads.res5.* "
+                         "weights (DC5 models, and ImageNet backbones such as R-50.pkl, are not supported)")
     cls_key, box_key = "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.weight"
     if cls_key not in state_dict:
         raise ValueError(f"not a Detectron2 R-CNN: {cls_key} is missing")
@@ -198,6 +215,28 @@ def infer_detectron2_config(state_dict: dict[str, Tensor]) -> dict:
     }
 
 
+def infer_detectron2_c4_config(state_dict: dict[str, Tensor]) -> dict:
+    """The `detectron2_mask_rcnn_R_50_C4` preset's options, with the class count and widths
+    of a Detectron2 C4 state dict (Res5ROIHeads); other C4 layouts are refused by name."""
+    cls_key = "roi_heads.box_predictor.cls_score.weight"
+    if cls_key not in state_dict or "backbone.res4.0.conv1.weight" not in state_dict:
+        raise ValueError(f"not a Detectron2 C4 R-CNN: {cls_key} or backbone.res4.* is missing")
+    if "roi_heads.mask_head.deconv.weight" not in state_dict:
+        raise ValueError("not a Detectron2 C4 Mask R-CNN: roi_heads.mask_head.deconv is missing")
+    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"backbone\.res4\.(\d+)\.", k))}
+    if len(blocks) != 6:
+        raise ValueError(f"unsupported C4 backbone: res4 has {len(blocks)} blocks; R-50 (6) is supported")
+    conv2 = state_dict["backbone.res2.0.conv2.weight"]
+    if conv2.shape[1] != conv2.shape[0]:
+        raise ValueError("ResNeXt backbones (grouped convolutions) are not supported")
+    return {
+        **PRESETS["detectron2_mask_rcnn_R_50_C4"],
+        "num_classes": state_dict[cls_key].shape[0],
+        "base_width": state_dict["backbone.res2.0.conv1.weight"].shape[0],
+        "mask_head_channels": state_dict["roi_heads.mask_head.deconv.weight"].shape[1],
+    }
+
+
 def read_detectron2(source: str | Path | dict) -> dict[str, Tensor]:
     """The state dict (Detectron2's names) of a .pkl, a .pth or an already loaded dict."""
     if isinstance(source, dict):
@@ -218,7 +257,7 @@ def read_detectron2(source: str | Path | dict) -> dict[str, Tensor]:
 
 
 def from_detectron2(state_dict_or_path: str | Path | dict, **options) -> MaskRCNN:
-    """Build our model from a Detectron2 Mask R-CNN R-50/R-101 FPN checkpoint, in eval mode,
+    """Build our model from a Detectron2 Mask R-CNN R-50/R-101 FPN or R-50 C4 checkpoint, in eval mode,
     computing what Detectron2 computes (the `detectron2_mask_rcnn_R_50_FPN` preset's options).
 
     state_dict_or_path: a model zoo .pkl, a Detectron2 .pth checkpoint, or a state dict (numpy

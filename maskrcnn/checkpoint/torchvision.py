@@ -102,6 +102,21 @@ def torchvision_variant(state_dict: dict[str, Tensor]) -> str:
     return ("v2" if v2 else "v1") if masks else ("faster_v2" if v2 else "faster")
 
 
+def imagenet_backbone_state_dict(state_dict: dict[str, Tensor], *, c4: bool = False) -> dict[str, Tensor]:
+    """A torchvision ImageNet classifier's ResNet / ResNeXt keys (conv1.*, layer1.* .. layer4.*,
+    fc.*) -> our backbone's: backbone.body.*, the classifier (fc) dropped. In a C4 model
+    (`c4`) the res5 stage is the RoI head, so layer4.* goes to roi_heads.res5.*."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("fc."):
+            continue
+        if c4 and key.startswith("layer4."):
+            out["roi_heads.res5." + key[len("layer4."):]] = value
+        else:
+            out["backbone.body." + key] = value
+    return out
+
+
 def infer_config(state_dict: dict[str, Tensor], variant: str) -> dict:
     """Architecture facts that a torchvision state dict carries: depth, classes, norm eps."""
     if "roi_heads.box_predictor.cls_score.weight" not in state_dict:

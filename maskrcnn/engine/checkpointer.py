@@ -37,7 +37,7 @@ from ..checkpoint.native import load_checked, save_model
 from ..io import atomic_write, describe_os_error, os_error_errno, write_json_atomic
 from ..checkpoint.detectron2 import convert_detectron2_state_dict
 from ..checkpoint.loader import open_checkpoint
-from ..checkpoint.torchvision import convert_state_dict
+from ..checkpoint.torchvision import convert_state_dict, imagenet_backbone_state_dict
 from ..modeling.mask_rcnn import MaskRCNN
 
 POINTER = "last_checkpoint.json"
@@ -264,7 +264,7 @@ def load_initial_weights(model: MaskRCNN, path: str | Path) -> str:
     if detectron2:
         state = convert_detectron2_state_dict(state)
     elif ckpt.kind == "imagenet":
-        state = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+        state = imagenet_backbone_state_dict(state, c4=getattr(getattr(model, "config", None), "architecture", "") == "c4")
     state = convert_state_dict(state)
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

@@ -78,3 +78,18 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.clone()
     dist.all_reduce(tensor)
     return tensor / dist.get_world_size()
+
+
+def sync_batch_norm(model: torch.nn.Module, device: torch.device, info: DistInfo) -> int:
+    """Under DDP, turn the norm layers configured as "sync_bn" (ModelConfig.backbone_norm /
+    head_norm) into torch.nn.SyncBatchNorm, so their batch statistics are taken over every
+    process's images; in one process they stay plain batch norm. Parameters and statistics are
+    kept (the optimizer's references stay valid). Returns how many layers were converted."""
+    from ..modeling.layers import SyncableBatchNorm2d, convert_sync_batch_norm
+
+    if not info.distributed or not any(isinstance(m, SyncableBatchNorm2d) for m in model.modules()):
+        return 0
+    if device.type != "cuda":
+        raise ValueError(f"norm 'sync_bn' with {info.world_size} processes needs CUDA devices (torch.nn.SyncBatchNorm "
+                         f"has no {device.type} implementation); use 'bn' (per-process statistics) or 'gn' here")
+    return convert_sync_batch_norm(model)

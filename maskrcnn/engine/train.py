@@ -218,6 +218,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
     train_set, val_set = build_datasets(cfg)
     fingerprint = data_fingerprint(train_set)
     model = build_training_model(cfg, train_set).to(device)
+    distributed.sync_batch_norm(model, device, info)  # "sync_bn" layers, when there are several processes
     optimizer = build_optimizer(model, s)
     scheduler = LRScheduler(optimizer, s)
     use_amp = s.amp and device.type == "cuda"

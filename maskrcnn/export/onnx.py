@@ -92,7 +92,8 @@ def _example_inputs(model: MaskRCNN) -> tuple[list[torch.Tensor], torch.Tensor]:
 # would silently compute torchvision's instead.
 _NOT_EXPORTED = ("input_format", "pixel_scale", "resize", "anchor_round", "anchor_offset", "rpn_min_size",
                  "rpn_rank_by_logits", "roi_level_eps", "roi_level_eps_in_log", "box_min_size",
-                 "background_last", "first_label", "clip_output_boxes", "mask_paste")
+                 "background_last", "first_label", "clip_output_boxes", "mask_paste",
+                 "architecture")  # the graph is the FPN model's; C4 has another RoI head
 
 
 def _refuse_detectron2_options(model: MaskRCNN) -> None:
@@ -104,7 +105,7 @@ def _refuse_detectron2_options(model: MaskRCNN) -> None:
     default = ModelConfig()
     changed = [f"{k}={getattr(config, k)!r}" for k in _NOT_EXPORTED if getattr(config, k) != getattr(default, k)]
     if changed:
-        raise NotImplementedError(f"ONNX export does not implement these options (Detectron2's arithmetic) yet: "
+        raise NotImplementedError(f"ONNX export does not implement these options (Detectron2's arithmetic, the C4 model) yet: "
                                   f"{', '.join(changed)}")
 
 

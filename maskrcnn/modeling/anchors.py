@@ -38,6 +38,10 @@ def cell_anchors(size: float, aspect_ratios: tuple[float, ...], round_anchors: b
 class AnchorGenerator(nn.Module):
     """forward(padded batch size (H, W), feature sizes [(Hl, Wl)]) -> list of (Hl*Wl*A, 4) per level.
 
+    `sizes` has one entry per level: a number, or a tuple of sizes that all sit on that level
+    (the C4 model: ((32, 64, 128, 256, 512),) gives 15 anchors per location on one map),
+    ordered size-major (all ratios of the first size, then the next: Detectron2's order).
+
     The grid step of a level is H // Hl (and W // Wl), as in torchvision. It equals the level's
     stride except on P6 when H / 32 is odd (e.g. 800 // 13 = 61): published weights were trained
     with that step, so it is kept. With `offset` set (Detectron2), the step is the level's
@@ -47,7 +51,7 @@ class AnchorGenerator(nn.Module):
     def __init__(
         self,
         *,
-        sizes: tuple[float, ...] = (32, 64, 128, 256, 512),
+        sizes: tuple[float | tuple[float, ...], ...] = (32, 64, 128, 256, 512),
         aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
         round_anchors: bool = True,
         offset: float | None = None,
@@ -58,9 +62,13 @@ class AnchorGenerator(nn.Module):
         self.strides = tuple(strides)
         self.sizes = tuple(sizes)
         self.aspect_ratios = tuple(aspect_ratios)
-        self.num_anchors_per_location = len(self.aspect_ratios)
-        for i, size in enumerate(self.sizes):
-            self.register_buffer(f"cell_{i}", cell_anchors(size, self.aspect_ratios, round_anchors), persistent=False)
+        level_sizes = [tuple(s) if isinstance(s, (tuple, list)) else (s,) for s in self.sizes]
+        if len({len(s) for s in level_sizes}) > 1:
+            raise ValueError(f"every level needs the same number of anchor sizes (one RPN head), got {self.sizes}")
+        self.num_anchors_per_location = len(level_sizes[0]) * len(self.aspect_ratios)
+        for i, sizes_i in enumerate(level_sizes):
+            cell = torch.cat([cell_anchors(size, self.aspect_ratios, round_anchors) for size in sizes_i])
+            self.register_buffer(f"cell_{i}", cell, persistent=False)
 
     def forward(self, image_size: tuple[int, int], feature_sizes: list[tuple[int, int]]) -> list[Tensor]:
         anchors = []

@@ -13,13 +13,15 @@ import torch
 
 from ..ops import MultiScaleRoIAlign, batched_nms, roi_align, roi_pool, roi_warp
 from .anchors import AnchorGenerator
+from .backbone.c4 import ResNetC4
 from .backbone.fpn import FPN, ResNetFPN
-from .backbone.resnet import ResNet
+from .backbone.resnet import RESNET_SPECS, ResNet, resnet_stage
 from .config_checks import check_model_config
-from .layers import batch_norm, frozen_bn
+from .layers import NormFactory, freeze_batch_norm, norm_factory
 from .mask_rcnn import MaskRCNN
 from .roi_heads.box_head import BoxHead, BoxPredictor
 from .roi_heads.mask_head import MaskHead, MLPMaskHead
+from .roi_heads.res5_head import Res5RoIHeads
 from .roi_heads.roi_heads import RoIHeads
 from .rpn import RPN, RPNHead
 from .transform import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
@@ -90,10 +92,18 @@ class ModelConfig:
     first_label: int = 1  # label of the first class in outputs and targets; 0: Detectron2's class index
     clip_output_boxes: bool = False  # clip rescaled boxes to the image, drop empty ones (Detectron2)
     mask_paste: str = "torchvision"  # "detectron2": grid_sample at pixel centers (ops.paste_masks_detectron2)
+    # Backbones and norm layers (the paper's variants; training without ImageNet weights)
+    architecture: str = "fpn"  # "c4": ResNet res2-res4 (stride 16) + res5 as the shared RoI head (the paper's C4)
+    groups: int = 1  # ResNeXt cardinality: 32 for ResNeXt-50 32x4d and ResNeXt-101 32x8d
+    width_per_group: int = 64  # ResNeXt channels per group (at base_width 64): 4 (32x4d) or 8 (32x8d)
+    backbone_norm: str = "frozen_bn"  # as published; "bn", "sync_bn" (synchronized under DDP) or "gn" train
+    head_norm: str | None = None  # FPN and head convs: None = the variant's ("none" v1, "bn" v2); "bn" / "sync_bn" / "gn"
+    gn_groups: int = 32  # groups of every GroupNorm (32 as Wu & He 2018; must divide each layer's width)
 
     def __post_init__(self) -> None:
         check_model_config(self)  # every option range-checked; ModelConfigError names it
         check_head_switches(self)
+        _check_backbone_options(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
@@ -132,18 +142,30 @@ def build_model(config: ModelConfig) -> MaskRCNN:
     if config.variant not in ("v1", "v2"):
         raise ValueError(f"variant must be 'v1' or 'v2', got {config.variant!r}")
     v2 = config.variant == "v2"
-    head_norm = batch_norm() if v2 else None
+    backbone_norm, head_norm = _norms(config)
+    c4 = config.architecture == "c4"
+    if c4 and v2:
+        raise ValueError("architecture 'c4' has its own RoI head (res5); variant 'v2' (FPN heads) does not apply")
     body = ResNet(
         depth=config.depth,
         base_width=config.base_width,
-        norm=frozen_bn(config.norm_eps),
+        norm=backbone_norm,
         frozen_blocks=5 - config.trainable_backbone_layers,
         stride_in_1x1=config.stride_in_1x1,
+        groups=config.groups,
+        width_per_group=config.width_per_group,
+        num_stages=3 if c4 else 4,
     )
     c = config.fpn_channels
-    backbone = ResNetFPN(body=body, fpn=FPN(in_channels=body.out_channels, out_channels=c, norm=head_norm),
-                         out_channels=c)
-    anchors = AnchorGenerator(sizes=config.anchor_sizes, aspect_ratios=config.aspect_ratios,
+    if c4:
+        backbone = ResNetC4(body=body)
+        c = backbone.out_channels  # the RPN runs on C4 itself
+    else:
+        backbone = ResNetFPN(body=body, fpn=FPN(in_channels=body.out_channels, out_channels=c, norm=head_norm),
+                             out_channels=c)
+    # C4: every size on its one level (15 anchors per location)
+    anchors = AnchorGenerator(sizes=(tuple(config.anchor_sizes),) if c4 else config.anchor_sizes,
+                              aspect_ratios=config.aspect_ratios,
                               round_anchors=config.anchor_round, offset=config.anchor_offset,
                               strides=tuple(backbone.strides))
     rpn = RPN(
@@ -166,6 +188,9 @@ def build_model(config: ModelConfig) -> MaskRCNN:
     pooler = dict(strides=roi_strides, sampling_ratio=config.roi_sampling_ratio, aligned=config.roi_aligned,
                   level_eps=config.roi_level_eps, level_eps_in_log=config.roi_level_eps_in_log,
                   roi_align=ROI_EXTRACTORS[config.roi_extractor])
+    if c4:
+        roi_heads = _res5_roi_heads(config, body, backbone_norm, pooler)
+        return _assemble(config, backbone, rpn, roi_heads)
     box_head = BoxHead(
         in_channels=c,
         pooled_size=7,
@@ -203,6 +228,10 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         nms=batched_nms,
         mask_loss=config.mask_loss,
     )
+    return _assemble(config, backbone, rpn, roi_heads)
+
+
+def _assemble(config: ModelConfig, backbone, rpn: RPN, roi_heads: RoIHeads) -> MaskRCNN:
     transform = ImageTransform(min_size=config.min_size, max_size=config.max_size,
                                image_mean=config.image_mean, image_std=config.image_std,
                                input_format=config.input_format, pixel_scale=config.pixel_scale,
@@ -214,6 +243,64 @@ def build_model(config: ModelConfig) -> MaskRCNN:
     model.config = config
     # Convolution weights channels-last to match the activations (see ResNetFPN.forward).
     return model.to(memory_format=torch.channels_last)
+
+
+_BACKBONE_NORMS = ("frozen_bn", "bn", "sync_bn", "gn")
+_HEAD_NORMS = ("none", "bn", "sync_bn", "gn")  # no frozen_bn: the heads have no pretrained statistics
+
+
+def _check_backbone_options(config: ModelConfig) -> None:
+    """Clear errors for the backbone and norm options, when a config is made (so YAML configs
+    fail as they are read)."""
+    if config.architecture not in ("fpn", "c4"):
+        raise ValueError(f"architecture must be 'fpn' or 'c4', got {config.architecture!r}")
+    if config.backbone_norm not in _BACKBONE_NORMS:
+        raise ValueError(f"backbone_norm must be one of {', '.join(_BACKBONE_NORMS)}, got {config.backbone_norm!r}")
+    if config.head_norm is not None and config.head_norm not in _HEAD_NORMS:
+        raise ValueError(f"head_norm must be null (the variant's) or one of {', '.join(_HEAD_NORMS)}, "
+                         f"got {config.head_norm!r}")
+    for name in ("gn_groups", "groups", "width_per_group"):
+        if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)!r}")
+
+
+def _norms(config: ModelConfig) -> tuple[NormFactory, NormFactory | None]:
+    """The backbone's and the heads' norm layers."""
+    head = config.head_norm if config.head_norm is not None else ("bn" if config.variant == "v2" else "none")
+    return (norm_factory(config.backbone_norm, eps=config.norm_eps, gn_groups=config.gn_groups),
+            norm_factory(head, gn_groups=config.gn_groups))
+
+
+def _res5_roi_heads(config: ModelConfig, body: ResNet, norm: NormFactory, pooler: dict) -> Res5RoIHeads:
+    """The C4 model's RoI heads: 14x14 RoIAlign of C4 (stride 16), the ResNet's res5 stage
+    (stride 2 in its first block, the backbone's norm), then the box predictor on its mean and
+    the mask deconv on its 7x7 map."""
+    block, layers = RESNET_SPECS[config.depth]
+    width = config.base_width * 8
+    res5 = resnet_stage(block, body.out_channels[-1], width, layers[3], 2, norm, **body.block_options)
+    if config.trainable_backbone_layers == 0:  # the whole ResNet frozen, res5 included
+        res5 = freeze_batch_norm(res5).requires_grad_(False)
+    res5_channels = width * block.expansion
+    mask_head = MaskHead(in_channels=res5_channels, num_classes=config.num_classes, conv_dims=(),
+                         deconv_channels=config.mask_head_channels, background_channel=not config.background_last)
+    return Res5RoIHeads(
+        res5=res5,
+        res5_channels=res5_channels,
+        pooler=MultiScaleRoIAlign(output_size=14, **{**pooler, "strides": [16]}),
+        box_predictor=BoxPredictor(in_features=res5_channels, num_classes=config.num_classes,
+                                   background_last=config.background_last),
+        mask_head=mask_head,
+        fg_iou_thresh=config.box_fg_iou_thresh,
+        bg_iou_thresh=config.box_bg_iou_thresh,
+        batch_size_per_image=config.box_batch_size_per_image,
+        positive_fraction=config.box_positive_fraction,
+        bbox_reg_weights=config.bbox_reg_weights,
+        score_thresh=config.box_score_thresh,
+        nms_thresh=config.box_nms_thresh,
+        detections_per_img=config.box_detections_per_img,
+        min_size=config.box_min_size,
+        nms=batched_nms,
+    )
 
 
 # Everything in which Detectron2's R-CNN (FPN, 4conv mask head, 2fc box head) differs from
@@ -230,6 +317,10 @@ DETECTRON2_OPTIONS: dict = dict(
     first_label=0, clip_output_boxes=True, mask_paste="detectron2",
 )
 
+# Detectron2's RPN top-k for C4 models (its defaults, with Base-RCNN-C4.yaml's test values).
+_C4_RPN: dict = dict(rpn_pre_nms_top_n_train=12000, rpn_post_nms_top_n_train=2000,
+                     rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_test=1000)
+
 # Named presets: the only registry the project needs.
 PRESETS: dict[str, dict] = {
     "maskrcnn_resnet50_fpn": dict(variant="v1", depth=50),
@@ -245,6 +336,14 @@ PRESETS: dict[str, dict] = {
     # files with maskrcnn.from_detectron2.
     "detectron2_mask_rcnn_R_50_FPN": dict(DETECTRON2_OPTIONS, depth=50),
     "detectron2_mask_rcnn_R_101_FPN": dict(DETECTRON2_OPTIONS, depth=101),
+    # ResNeXt backbones (grouped 3x3 convs; torchvision's ImageNet resnext50_32x4d / resnext101_32x8d load into them)
+    "maskrcnn_resnext50_32x4d_fpn": dict(variant="v1", depth=50, groups=32, width_per_group=4),
+    "maskrcnn_resnext101_32x8d_fpn": dict(variant="v1", depth=101, groups=32, width_per_group=8),
+    # The paper's ResNet-50-C4: RPN and 14x14 RoIAlign on res4 (stride 16), res5 as the shared RoI head;
+    # the RPN's top-k as Detectron2's Base-RCNN-C4.yaml (one level, so per image).
+    "maskrcnn_resnet50_c4": dict(variant="v1", depth=50, architecture="c4", **_C4_RPN),
+    # Detectron2's mask_rcnn_R_50_C4_{1x,3x}.yaml, computed its way: load with maskrcnn.from_detectron2.
+    "detectron2_mask_rcnn_R_50_C4": dict(DETECTRON2_OPTIONS, depth=50, architecture="c4", **_C4_RPN),
 }
 
 

@@ -70,6 +70,78 @@ def batch_norm(eps: float = 1e-5) -> NormFactory:
     return lambda channels: nn.BatchNorm2d(channels, eps=eps)
 
 
+class SyncableBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d chosen as "sync_bn": plain batch norm in one process, replaced by
+    torch.nn.SyncBatchNorm (statistics over all processes) when training under DDP, see
+    `convert_sync_batch_norm`. The type marks which layers asked for it, so that a model with
+    "bn" heads and a "sync_bn" backbone converts only the backbone."""
+
+
+def group_norm(num_groups: int = 32) -> NormFactory:
+    def make(channels: int) -> nn.Module:
+        if channels % num_groups:
+            raise ValueError(f"GroupNorm: a layer of {channels} channels cannot be split into {num_groups} "
+                             "groups; set gn_groups to a divisor of every layer's width")
+        return nn.GroupNorm(num_groups, channels)
+    return make
+
+
+# Names of the norm layers a model can be configured with (ModelConfig.backbone_norm / head_norm).
+NORM_CHOICES = ("frozen_bn", "bn", "sync_bn", "gn", "none")
+
+
+def norm_factory(name: str, *, eps: float = 1e-5, gn_groups: int = 32) -> NormFactory | None:
+    """"frozen_bn": fixed statistics and affine (as the published models; the identity unless
+    weights are loaded), "bn": trainable batch norm, "sync_bn": batch norm synchronized over
+    DDP processes, "gn": GroupNorm with `gn_groups` groups (Wu & He 2018), "none": None.
+    `eps` is the frozen norm's (torchvision's v1 weights expect 0.0); trained ones use 1e-5."""
+    if name == "frozen_bn":
+        return frozen_bn(eps)
+    if name == "bn":
+        return batch_norm()
+    if name == "sync_bn":
+        return lambda channels: SyncableBatchNorm2d(channels)
+    if name == "gn":
+        return group_norm(gn_groups)
+    if name == "none":
+        return None
+    raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORM_CHOICES)}")
+
+
+def convert_sync_batch_norm(module: nn.Module) -> int:
+    """Replace, in place, every SyncableBatchNorm2d under `module` by a torch.nn.SyncBatchNorm
+    with the same parameters and statistics. Returns how many were replaced."""
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SyncableBatchNorm2d):
+                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                count += 1
+    return count
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace, in place, the trainable batch norms under `module` (itself included; the
+    result is returned) by FrozenBatchNorm2d holding their current statistics: what a frozen
+    stage of a batch-norm backbone is (Detectron2's FrozenBatchNorm2d.convert_frozen_batchnorm),
+    so its statistics do not drift with training batches either."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        with torch.no_grad():
+            if module.affine:
+                frozen.weight.copy_(module.weight)
+                frozen.bias.copy_(module.bias)
+            if module.track_running_stats:
+                frozen.running_mean.copy_(module.running_mean)
+                frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in list(module.named_children()):
+        new = freeze_batch_norm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
 class ConvNormAct(nn.Module):
     """conv -> optional norm -> optional ReLU. The conv has a bias only when there is no norm."""
 

@@ -33,12 +33,16 @@ class MaskHead(nn.Module):
         norm: NormFactory | None = None,
         background_channel: bool = True,
         class_agnostic: bool = False,
+        deconv_channels: int | None = None,
     ):
-        """class_agnostic: one mask channel for every class (the paper: "nearly as effective")."""
+        """class_agnostic: one mask channel for every class (the paper: "nearly as effective").
+        deconv_channels: the transposed conv's output width (default: its input's); the C4
+        head, which has no convs, maps res5's 2048 channels to 256."""
         super().__init__()
         self.convs = conv_stack(in_channels, conv_dims, norm)
         channels = conv_dims[-1] if conv_dims else in_channels
-        self.deconv = nn.ConvTranspose2d(channels, channels, 2, stride=2)
+        self.deconv = nn.ConvTranspose2d(channels, deconv_channels or channels, 2, stride=2)
+        channels = deconv_channels or channels
         # label l (1..K-1) reads channel l - first_class
         self.first_class = 0 if background_channel else 1
         self.predictor = nn.Conv2d(channels, mask_channels(num_classes, background_channel, class_agnostic), 1)
