@@ -60,8 +60,11 @@ def test_precision():
     assert check_precision("fp16", torch.device("cuda", 0)) == "fp16"
     with pytest.raises(DeviceError, match="precision 'fp16' needs a CUDA device, and this model is on cpu"):
         check_precision("fp16", torch.device("cpu"))
-    with pytest.raises(DeviceError, match="precision 'fp64' is not one of fp32, fp16"):
+    with pytest.raises(DeviceError, match="precision 'fp64' is not one of fp32, bf16, fp16"):
         check_precision("fp64", torch.device("cpu"))
+    assert check_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(DeviceError, match="'bf16' is for the CPU and CUDA"):
+        check_precision("bf16", torch.device("mps"))
 
 
 def test_load_model_and_clis_use_the_rule(monkeypatch, no_gpu, tmp_path, capsys):
@@ -78,6 +81,7 @@ def test_load_model_and_clis_use_the_rule(monkeypatch, no_gpu, tmp_path, capsys)
         Predictor(model, device="cuda")
     with pytest.raises(DeviceError, match="fp16"):
         Predictor(model, precision="fp16")
+    assert Predictor(model, precision="bf16").model.precision == "bf16"  # the model runs it
 
     info = distributed.env_info()
     assert select_device("auto", info) == torch.device("cpu")

@@ -36,7 +36,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..checkpoint.loader import build_from_checkpoint, open_checkpoint
-from ..device import autocast, check_precision, resolve_device
+from ..device import check_precision, resolve_device
 from ..io import DEFAULT_MAX_PIXELS, ImageSource
 from ..modeling.mask_rcnn import MaskRCNN
 from .draw import draw_instances
@@ -170,6 +170,10 @@ class Predictor:
         self.device = resolve_device(device)
         self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
+        if isinstance(self.model, MaskRCNN):
+            self.model.precision = self.precision  # the model keeps decoding, NMS and paste in float32
+        elif self.precision != "fp32":
+            raise ValueError(f"precision {self.precision!r} is for PyTorch models; an ONNX graph runs as exported (float32)")
         names = class_names if class_names is not None else getattr(model, "class_names", None)
         if names is not None and len(names) != model.num_classes - 1:
             raise ValueError(
@@ -303,12 +307,11 @@ class Predictor:
         # head: a caller's 0.5 means masks are computed and pasted only for what is returned,
         # not for every detection above the model's 0.05 (benchmarks/postprocess.py).
         batch = [img.to(self.device, torch.float32) for img in images]
-        with autocast(self.precision, self.device):
-            if isinstance(self.model, MaskRCNN) and mask_threshold is not None:
-                # thresholded while pasting: a 50 MP image with 20 detections then holds 1 GB of
-                # bool masks instead of 4 GB of float ones
-                return self.model(batch, score_thresh=score_threshold, mask_threshold=mask_threshold).detections
-            return self.model(batch, score_thresh=score_threshold).detections
+        if isinstance(self.model, MaskRCNN) and mask_threshold is not None:
+            # thresholded while pasting: a 50 MP image with 20 detections then holds 1 GB of
+            # bool masks instead of 4 GB of float ones
+            return self.model(batch, score_thresh=score_threshold, mask_threshold=mask_threshold).detections
+        return self.model(batch, score_thresh=score_threshold).detections
 
     def _to_result(self, det, image: Tensor, source: str | None, mask_threshold: float | None,
                    keep_image: bool) -> Result:
@@ -349,7 +352,8 @@ def load_model(
 
     device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps"
         (`maskrcnn.device.resolve_device`; an unavailable one is a DeviceError, a ValueError).
-    precision: "fp32", or "fp16" (CUDA only): the forward under float16 autocast.
+    precision: "fp32", "bf16" (CPU or CUDA) or "fp16" (CUDA only): convolutions and matrix
+        products under that autocast, box decoding, NMS and the paste in float32.
     variant: "v1" / "v2" / "faster" / "faster_v2" for torchvision files (default: read from the
         state dict's layout; Faster R-CNN results have no masks).
     class_names: names of labels 1..K-1 (default: the checkpoint's; COCO's for torchvision

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp16: half precision (float16 autocast), CUDA only")
+                   help="bf16: bfloat16 autocast (CPU or CUDA); fp16: float16 autocast, CUDA only")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring above this")
     p.add_argument("--mask-threshold", type=float, default=0.5, help="mask pixel = probability >= this")

@@ -186,10 +186,7 @@ def roi_pool(
     ph, pw = _pair(output_size)
     num_rois = rois.shape[0]
     _, channels, height, width = features.shape
-    # Sampling positions need float32 at least: in bfloat16 a normalized grid coordinate on a
-    # 200-cell map is off by up to a cell. Reduced-precision features (autocast) are sampled in
-    # float32 too, and the result is float32 whether or not this call has RoIs, so that the
-    # pooler's per-level parts always agree in dtype.
+    # float32 at least, as in roi_align: box rounding, and one dtype for every pooler level
     dtype = torch.promote_types(features.dtype, torch.float32)
     if num_rois == 0:
         return features.new_zeros((0, channels, ph, pw), dtype=dtype)

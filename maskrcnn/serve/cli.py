@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import sys
 
+from ..device import DEVICE_HELP, PRECISIONS
 from ..io import DEFAULT_MAX_PIXELS
 
 REQUIRED = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-w", "--weights", required=True, help="checkpoint file, torchvision:NAME or model.onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16: bfloat16 autocast (CPU or CUDA); fp16: float16 autocast, CUDA only")
     p.add_argument("--variant", choices=("v1", "v2", "faster", "faster_v2"),
                    help="layout of a torchvision checkpoint (default: inferred; faster*: Faster R-CNN, no masks)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         say(str(e))
         return 2
     try:
-        predictor = load_model(args.weights, device=args.device, variant=args.variant, max_pixels=settings.max_pixels)
+        predictor = load_model(args.weights, device=args.device, precision=args.precision, variant=args.variant,
+                               max_pixels=settings.max_pixels)
     except Exception as e:  # any load failure is the user's input; show it without a traceback
         say(f"cannot load --weights {args.weights}: {e}")
         return 2
