@@ -10,6 +10,13 @@ from torch import Tensor, nn
 NormFactory = Callable[[int], nn.Module]
 
 
+def full_precision(x: Tensor) -> Tensor:
+    """At least float32: head outputs leave reduced precision (bf16/fp16 autocast) here, so box
+    decoding, NMS, softmax, losses and mask pasting never run in 8 or 11 mantissa bits.
+    float64 (gradient checks) stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class FrozenBatchNorm2d(nn.Module):
     """Batch norm with fixed statistics and affine parameters (buffers, not parameters).
 

@@ -33,6 +33,11 @@ from .transform import ImageTransform, scale_boxes
 # Ground-truth boxes may stick out of the image by this much (pixels) from rounding in tools.
 _BOX_TOLERANCE = 1.0
 
+# `MaskRCNN.precision`: the dtype convolutions and matrix products run in (autocast). Whatever
+# it is, head outputs come back as float32 (`layers.full_precision`) and RoIAlign samples in
+# float32, so box decoding, NMS, RoI coordinates, losses and the paste stay in float32.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 class MaskRCNN(nn.Module):
     def __init__(
@@ -68,6 +73,7 @@ class MaskRCNN(nn.Module):
         self.first_label = first_label
         self.clip_output_boxes = clip_output_boxes
         self.mask_paste = mask_paste
+        self.precision = "fp32"
 
     def forward(
         self,
@@ -119,11 +125,19 @@ class MaskRCNN(nn.Module):
         Returns detections in the coordinates of the resized images (masks as (D, 28, 28)
         probabilities; None unless `detections`) and the losses (empty unless `targets`, which
         must already be resized by `preprocess`)."""
-        features, proposals, rpn_losses = self.propose(batch, targets)
-        results, roi_losses = self.roi_heads(
-            features, proposals, batch.image_sizes, targets, want_detections=detections, score_thresh=score_thresh
-        )
+        with self.autocast(batch.tensor.device):
+            features, proposals, rpn_losses = self.propose(batch, targets)
+            results, roi_losses = self.roi_heads(
+                features, proposals, batch.image_sizes, targets, want_detections=detections, score_thresh=score_thresh
+            )
         return results, {**rpn_losses, **roi_losses}
+
+    def autocast(self, device: torch.device):
+        """The autocast context `precision` asks for on `device` (disabled for "fp32")."""
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
     def propose(
         self, batch: ImageList, targets: list[dict[str, Tensor]] | None = None

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..ops import BoxCoder, batched_nms, clip_boxes, remove_small_boxes
 from ..structures import ImageList
 from .anchors import AnchorGenerator
-from .layers import ConvNormAct
+from .layers import ConvNormAct, full_precision
 from .matcher import BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD, Matcher, crowd_mask, match_to_gt, sample_balanced
 
 
@@ -49,7 +49,7 @@ def flatten_head_outputs(objectness: list[Tensor], deltas: list[Tensor]) -> tupl
         flat_obj.append(obj.permute(0, 2, 3, 1).reshape(n, -1))  # (N, A, H, W) -> (N, H*W*A)
         # (N, A*4, H, W) -> (N, A, 4, H, W) -> (N, H, W, A, 4) -> (N, H*W*A, 4)
         flat_deltas.append(dlt.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
-    return torch.cat(flat_obj, dim=1), torch.cat(flat_deltas, dim=1)
+    return full_precision(torch.cat(flat_obj, dim=1)), full_precision(torch.cat(flat_deltas, dim=1))
 
 
 class RPN(nn.Module):

@@ -43,9 +43,15 @@ def roi_align(
     ph, pw = _pair(output_size)
     num_rois = rois.shape[0]
     _, channels, height, width = features.shape
+    # Sampling positions need float32 at least: in bfloat16 a normalized grid coordinate on a
+    # 200-cell map is off by up to a cell. Reduced-precision features (autocast) are sampled in
+    # float32 too, and the result is float32 whether or not this call has RoIs, so that the
+    # pooler's per-level parts always agree in dtype.
+    dtype = torch.promote_types(features.dtype, torch.float32)
     if num_rois == 0:
-        return features.new_zeros((0, channels, ph, pw))
-    rois = rois.to(features.dtype)
+        return features.new_zeros((0, channels, ph, pw), dtype=dtype)
+    features = features.to(dtype)
+    rois = rois.to(dtype)
 
     offset = 0.5 if aligned else 0.0
     x1 = rois[:, 1] * spatial_scale - offset
@@ -180,9 +186,15 @@ def roi_pool(
     ph, pw = _pair(output_size)
     num_rois = rois.shape[0]
     _, channels, height, width = features.shape
+    # Sampling positions need float32 at least: in bfloat16 a normalized grid coordinate on a
+    # 200-cell map is off by up to a cell. Reduced-precision features (autocast) are sampled in
+    # float32 too, and the result is float32 whether or not this call has RoIs, so that the
+    # pooler's per-level parts always agree in dtype.
+    dtype = torch.promote_types(features.dtype, torch.float32)
     if num_rois == 0:
-        return features.new_zeros((0, channels, ph, pw))
-    rois = rois.to(features.dtype)
+        return features.new_zeros((0, channels, ph, pw), dtype=dtype)
+    features = features.to(dtype)
+    rois = rois.to(dtype)
     start_w = _round_half_away(rois[:, 1] * spatial_scale)
     start_h = _round_half_away(rois[:, 2] * spatial_scale)
     end_w = _round_half_away(rois[:, 3] * spatial_scale)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import BoxCoder, batched_nms, clip_boxes, remove_small_boxes
-from ..layers import NormFactory, conv_stack, init_for_relu
+from ..layers import NormFactory, conv_stack, full_precision, init_for_relu
 
 
 class BoxHead(nn.Module):
@@ -65,7 +65,7 @@ class BoxPredictor(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = x.flatten(1)
-        class_logits, deltas = self.cls_score(x), self.bbox_pred(x)
+        class_logits, deltas = full_precision(self.cls_score(x)), full_precision(self.bbox_pred(x))
         if self.background_last:
             # (R, [c1..cK-1, bg]) -> (R, [bg, c1..cK-1]); (R, 4(K-1)) -> (R, 4K), background zeros
             class_logits = torch.cat([class_logits[:, -1:], class_logits[:, :-1]], dim=1)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import mask_targets
-from ..layers import NormFactory, conv_stack, init_for_relu
+from ..layers import NormFactory, conv_stack, full_precision, init_for_relu
 
 
 class MaskHead(nn.Module):
@@ -99,8 +99,8 @@ def select_class(mask_logits: Tensor, labels: Tensor, first_class: int = 0) -> T
     label - first_class: 1 when the head has no background channel). A single channel is a
     class-agnostic head's one mask, read for every label."""
     if mask_logits.shape[1] == 1:
-        return mask_logits[:, 0]
-    return mask_logits[torch.arange(labels.shape[0], device=labels.device), labels - first_class]
+        return full_precision(mask_logits[:, 0])
+    return full_precision(mask_logits[torch.arange(labels.shape[0], device=labels.device), labels - first_class])
 
 
 def mask_probabilities(mask_logits: Tensor, labels: Tensor, first_class: int = 0, loss: str = "sigmoid") -> Tensor:
@@ -108,7 +108,7 @@ def mask_probabilities(mask_logits: Tensor, labels: Tensor, first_class: int = 0
     sigmoid, or (loss="softmax") its share of the softmax over all channels, background
     included, which is what the multinomial loss trains."""
     if loss == "softmax":
-        return select_class(mask_logits.softmax(dim=1), labels, first_class)
+        return select_class(full_precision(mask_logits).softmax(dim=1), labels, first_class)
     return select_class(mask_logits, labels, first_class).sigmoid()
 
 
@@ -147,6 +147,6 @@ def mask_loss(
     if loss == "softmax":
         if first_class != 0 or mask_logits.shape[1] < 2:
             raise ValueError("the softmax mask loss needs a background channel and one channel per class")
-        log_probs = F.log_softmax(mask_logits, dim=1)
+        log_probs = F.log_softmax(full_precision(mask_logits), dim=1)  # never in bf16's 8 bits
         return -(target * select_class(log_probs, labels) + (1 - target) * log_probs[:, 0]).mean()
     return F.binary_cross_entropy_with_logits(select_class(mask_logits, labels, first_class), target)
