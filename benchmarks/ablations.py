@@ -13,8 +13,12 @@ iteration, and beside them the paper's COCO numbers for the same comparison.
 Schedule (chosen so that all seven runs take under 30 minutes on 2 CPU cores): 300 training
 images of 128 x 128 px, 400 iterations of 4 images (about 5 epochs), SGD lr 0.04 with 100
 warm-up iterations and cosine decay, gradient clipping at 10 (the demo's recipe, shortened);
-100 held-out images. Measured CPU time: ~0.35 s per iteration (RoIPool ~0.55 s), i.e. ~17
-minutes for the seven rows on 2 quiet cores. A run that diverges is reported as such, not lost. The heads
+100 held-out images. Measured CPU time per iteration, one thread, on a shared machine: ~0.36 s
+(RoIPool ~0.56 s, MLP ~0.26 s), so the seven rows should take ~20 minutes on 2 quiet cores; that
+estimate was not timed on a quiet machine. On the shared one (load ~15 on 2 cores) the shorter
+`--iterations 150 --warmup 40 --train-images 150 --val-images 60 --threads 1` took 54 minutes.
+One seed: the box AP of rows whose box branch is identical (align, agnostic, softmax) varied by
+~3 AP there, so smaller gaps are noise. A run that diverges is reported as such, not lost. The heads
 are the paper's (variant "v1": no normalization in FPN, RPN, box or mask head), so the MLP and
 FCN mask heads differ in layout only.
 

@@ -258,7 +258,8 @@ def roi_warp(
     corners are on whole cells there is no half-pixel offset left to choose. The gradient
     flows to the features (as RoIAlign's); the rounding passes none to the boxes.
     features (N, C, H, W); rois (R, 5) -> (R, C, ph, pw)."""
-    rois = rois.to(features.dtype)
-    corners = _round_half_away(rois[:, 1:] * spatial_scale).to(features.dtype)
+    # corners in at least float32, as roi_align's sampling (bfloat16 cannot hold cell 257)
+    rois = rois.to(torch.promote_types(features.dtype, torch.float32))
+    corners = _round_half_away(rois[:, 1:] * spatial_scale).to(rois.dtype)
     quantized = torch.cat([rois[:, :1], corners], dim=1)
     return roi_align(features, quantized, output_size, 1.0, sampling_ratio, False)

@@ -151,6 +151,6 @@ def mask_loss(
     if loss == "softmax":
         if first_class != 0 or mask_logits.shape[1] < 2:
             raise ValueError("the softmax mask loss needs a background channel and one channel per class")
-        log_probs = F.log_softmax(mask_logits, dim=1)
+        log_probs = F.log_softmax(full_precision(mask_logits), dim=1)  # never in bf16's 8 bits
         return -(target * select_class(log_probs, labels) + (1 - target) * log_probs[:, 0]).mean()
     return F.binary_cross_entropy_with_logits(select_class(mask_logits, labels, first_class), target)
