@@ -64,10 +64,10 @@ from maskrcnn.engine.config import load_config  # noqa: E402
 from maskrcnn.engine.train import NonFiniteLossError, train  # noqa: E402
 from maskrcnn.modeling.build import PRESETS  # noqa: E402
 
-# The C4 row: the variants-backbones branch adds the preset. Set this to its small CPU form
-# (a preset name plus overrides) once it is on main; until then the row is listed as skipped.
-C4_PRESET: str | None = None  # e.g. "maskrcnn_resnet50_c4" with C4_OVERRIDES below
-C4_OVERRIDES: dict = {}  # e.g. dict(depth=18, base_width=16, ...) to match the FPN rows' size
+# The C4 row: the paper's C4 layout at the FPN rows' size (ResNet-18 at a quarter width, every
+# stage trained), res5 as the shared RoI head.
+C4_PRESET: str | None = "maskrcnn_resnet50_c4"
+C4_OVERRIDES: dict = dict(depth=18, base_width=16, trainable_backbone_layers=5)
 
 # name -> (row label, ModelConfig overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
