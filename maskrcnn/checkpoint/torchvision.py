@@ -1,4 +1,5 @@
-"""Load torchvision Mask R-CNN checkpoints (maskrcnn_resnet50_fpn and _v2) into our model.
+"""Load torchvision Mask R-CNN checkpoints (maskrcnn_resnet50_fpn and _v2) into our model, and
+Keypoint R-CNN ones (keypointrcnn_resnet50_fpn, variant="keypoint").
 
 torchvision's module names map one-to-one onto ours; only the names differ. The rules below
 also accept the names of older torchvision releases (before Conv2dNormActivation wrapped convs
@@ -38,7 +39,14 @@ _RULES: list[tuple[str, str]] = [
     (r"^roi_heads\.mask_head\.mask_fcn(\d+)\.", lambda m: f"roi_heads.mask_head.convs.{int(m.group(1)) - 1}.conv."),
     (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
     (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
+    # keypointrcnn: a Sequential of (conv, ReLU) pairs, so the convs are its even entries
+    (r"^roi_heads\.keypoint_head\.(\d+)\.", lambda m: f"roi_heads.keypoint_head.convs.{int(m.group(1)) // 2}.conv."),
+    (r"^roi_heads\.keypoint_predictor\.kps_score_lowres\.", "roi_heads.keypoint_head.deconv."),
 ]
+
+# torchvision's KeypointRCNN trains on a random short side from these (eval: the last)
+KEYPOINT_MIN_SIZES = (640, 672, 704, 736, 768, 800)
+VARIANTS = ("v1", "v2", "keypoint")
 
 
 def convert_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -94,22 +102,30 @@ def infer_config(state_dict: dict[str, Tensor], variant: str) -> dict:
     if depth is None:
         raise ValueError(f"unsupported backbone: layer3 has {len(blocks)} blocks (ResNet-50 has 6, ResNet-101 has 23)")
     has_v2_box_head = any(k.startswith("roi_heads.box_head.0.") for k in state_dict)
-    if has_v2_box_head != (variant == "v2"):
-        found = "v2" if has_v2_box_head else "v1"
+    keypoint_key = "roi_heads.keypoint_predictor.kps_score_lowres.weight"
+    found = "v2" if has_v2_box_head else "keypoint" if keypoint_key in state_dict else "v1"
+    if found != variant:
         raise ValueError(f"checkpoint has the {found} layout but variant={variant!r} was asked for")
     # Published v1 weights come from FrozenBatchNorm2d models (no step counters), which
     # torchvision runs with eps 0.0; BatchNorm2d-trained weights (v2, fresh models) use 1e-5.
     frozen = not any(k.startswith("backbone.body.") and k.endswith("num_batches_tracked") for k in state_dict)
-    return {
-        "variant": variant,
+    config = {
+        "variant": "v2" if variant == "v2" else "v1",
         "depth": depth,
         "num_classes": state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0],
-        "norm_eps": 0.0 if (frozen and variant == "v1") else 1e-5,
+        "norm_eps": 0.0 if (frozen and variant != "v2") else 1e-5,
     }
+    if variant == "keypoint":
+        # a box + keypoint model: no mask branch; ConvTranspose2d weights are (in, out, k, k)
+        config.update(mask_on=False, num_keypoints=state_dict[keypoint_key].shape[1], min_size=KEYPOINT_MIN_SIZES)
+    return config
 
 
 def from_torchvision(state_dict_or_path: str | Path | dict, variant: str = "v1", **options) -> MaskRCNN:
     """Build our model from a torchvision Mask R-CNN checkpoint, in eval mode.
+
+    variant: "v1" (maskrcnn_resnet50_fpn), "v2" (..._v2) or "keypoint" (keypointrcnn_resnet50_fpn:
+    boxes and keypoints, no masks; its multi-scale training sizes 640..800).
 
     options: torchvision's keyword names (box_score_thresh, box_nms_thresh,
     box_detections_per_img, min_size, max_size, rpn_pre_nms_top_n_test, ...) and `norm_eps`
@@ -119,8 +135,8 @@ def from_torchvision(state_dict_or_path: str | Path | dict, variant: str = "v1",
     >>> det = model([image]).detections[0]   # image: (3, H, W) float in [0, 1]  # doctest: +SKIP
     >>> det.boxes, det.labels, det.scores, det.masks  # doctest: +SKIP
     """
-    if variant not in ("v1", "v2"):
-        raise ValueError(f"variant must be 'v1' or 'v2', got {variant!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
     state = read_state_dict(state_dict_or_path)
     config = infer_config(state, variant)
     if "num_classes" in options and options["num_classes"] != config["num_classes"]:

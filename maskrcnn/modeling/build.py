@@ -18,6 +18,7 @@ from .backbone.resnet import ResNet
 from .layers import batch_norm, frozen_bn
 from .mask_rcnn import MaskRCNN
 from .roi_heads.box_head import BoxHead, BoxPredictor
+from .roi_heads.keypoint_head import keypoint_branch
 from .roi_heads.mask_head import MaskHead
 from .roi_heads.roi_heads import RoIHeads
 from .rpn import RPN, RPNHead
@@ -83,6 +84,12 @@ class ModelConfig:
     first_label: int = 1  # label of the first class in outputs and targets; 0: Detectron2's class index
     clip_output_boxes: bool = False  # clip rescaled boxes to the image, drop empty ones (Detectron2)
     mask_paste: str = "torchvision"  # "detectron2": grid_sample at pixel centers (ops.paste_masks_detectron2)
+    # Keypoint R-CNN (torchvision's keypointrcnn_resnet50_fpn: mask_on=False, num_keypoints=17)
+    mask_on: bool = True  # False: no mask branch (a keypoint-only or a box-only model)
+    num_keypoints: int = 0  # > 0: a keypoint branch with that many keypoints per instance
+    keypoint_head_channels: int = 512
+    keypoint_names: list[str] | None = None  # COCO category "keypoints": for outputs and flips
+    keypoint_skeleton: list[list[int]] | None = None  # COCO "skeleton": 1-based keypoint pairs
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
@@ -90,11 +97,15 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown model option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = {k: tuple(v) if isinstance(v, list) and k != "class_names" else v for k, v in values.items()}
+        values = {k: tuple(v) if isinstance(v, list) and k not in _LIST_OPTIONS else v for k, v in values.items()}
         return cls(**values)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# options kept as lists (the rest of a JSON config's lists are tuples)
+_LIST_OPTIONS = ("class_names", "keypoint_names", "keypoint_skeleton")
 
 
 def build_model(config: ModelConfig) -> MaskRCNN:
@@ -149,9 +160,10 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         box_head=box_head,
         box_predictor=BoxPredictor(in_features=box_head.out_features, num_classes=config.num_classes,
                                    background_last=config.background_last),
-        mask_pooler=MultiScaleRoIAlign(output_size=14, **pooler),
+        mask_pooler=MultiScaleRoIAlign(output_size=14, **pooler) if config.mask_on else None,
         mask_head=MaskHead(in_channels=c, num_classes=config.num_classes, conv_dims=(m,) * 4, norm=head_norm,
-                           background_channel=not config.background_last),
+                           background_channel=not config.background_last) if config.mask_on else None,
+        **keypoint_branch(config, pooler),
         fg_iou_thresh=config.box_fg_iou_thresh,
         bg_iou_thresh=config.box_bg_iou_thresh,
         batch_size_per_image=config.box_batch_size_per_image,

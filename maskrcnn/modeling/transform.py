@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.keypoints import scale_keypoints
 from ..structures import ImageList
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -220,6 +221,8 @@ class ImageTransform(nn.Module):
     def _resize_target(target: dict[str, Tensor], old: tuple[int, int], new: tuple[int, int]) -> dict[str, Tensor]:
         target = dict(target)  # never mutate the caller's dict
         target["boxes"] = scale_boxes(target["boxes"], old, new)
+        if "keypoints" in target:
+            target["keypoints"] = scale_keypoints(target["keypoints"], old, new)
         if "masks" in target and target["masks"].shape[0] > 0:
             masks = target["masks"][:, None].float()
             target["masks"] = F.interpolate(masks, size=new, mode="nearest")[:, 0].to(torch.uint8)
