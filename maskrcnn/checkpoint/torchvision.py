@@ -93,6 +93,17 @@ def read_state_dict(source: str | Path | dict) -> dict[str, Tensor]:
     return state
 
 
+KEYPOINT_KEY = "roi_heads.keypoint_predictor.kps_score_lowres.weight"
+
+
+def torchvision_variant(state_dict: dict[str, Tensor]) -> str:
+    """The layout a torchvision state dict has: "v2" (a conv box head, keys
+    roi_heads.box_head.0.*), "keypoint" (a keypoint predictor) or "v1"."""
+    if any(k.startswith("roi_heads.box_head.0.") for k in state_dict):
+        return "v2"
+    return "keypoint" if KEYPOINT_KEY in state_dict else "v1"
+
+
 def infer_config(state_dict: dict[str, Tensor], variant: str) -> dict:
     """Architecture facts that a torchvision state dict carries: depth, classes, norm eps."""
     if "roi_heads.box_predictor.cls_score.weight" not in state_dict:
@@ -101,9 +112,7 @@ def infer_config(state_dict: dict[str, Tensor], variant: str) -> dict:
     depth = {6: 50, 23: 101, 36: 152}.get(len(blocks))
     if depth is None:
         raise ValueError(f"unsupported backbone: layer3 has {len(blocks)} blocks (ResNet-50 has 6, ResNet-101 has 23)")
-    has_v2_box_head = any(k.startswith("roi_heads.box_head.0.") for k in state_dict)
-    keypoint_key = "roi_heads.keypoint_predictor.kps_score_lowres.weight"
-    found = "v2" if has_v2_box_head else "keypoint" if keypoint_key in state_dict else "v1"
+    found = torchvision_variant(state_dict)
     if found != variant:
         raise ValueError(f"checkpoint has the {found} layout but variant={variant!r} was asked for")
     # Published v1 weights come from FrozenBatchNorm2d models (no step counters), which
@@ -117,7 +126,7 @@ def infer_config(state_dict: dict[str, Tensor], variant: str) -> dict:
     }
     if variant == "keypoint":
         # a box + keypoint model: no mask branch; ConvTranspose2d weights are (in, out, k, k)
-        config.update(mask_on=False, num_keypoints=state_dict[keypoint_key].shape[1], min_size=KEYPOINT_MIN_SIZES)
+        config.update(mask_on=False, num_keypoints=state_dict[KEYPOINT_KEY].shape[1], min_size=KEYPOINT_MIN_SIZES)
     return config
 
 

@@ -2,8 +2,9 @@
 
     maskrcnn eval --weights out/model_final.safetensors --data val/annotations.json --images val/images
 
-prints AP, AP50, AP75, APs, APm, APl for bbox and segm and a per-class AP table, all computed
-by pycocotools' COCOeval. `--output` also writes the COCO results JSON and the numbers.
+prints AP, AP50, AP75, APs, APm, APl for bbox and segm (segm when the model has masks) and, for
+a model with keypoints, keypoint AP (OKS), and a per-class AP table, all computed by
+pycocotools' COCOeval. `--output` also writes the COCO results JSON and the numbers.
 """
 from __future__ import annotations
 
@@ -72,8 +73,9 @@ def load_model_for_eval(path: str | Path, device: torch.device, **options) -> Ma
         if is_detectron2_state_dict(state):
             model = from_detectron2(state, **options)
         else:
-            variant = "v2" if any(k.startswith("roi_heads.box_head.0.") for k in state) else "v1"
-            model = from_torchvision(state, variant=variant, **options)
+            from ..checkpoint.torchvision import torchvision_variant
+
+            model = from_torchvision(state, variant=torchvision_variant(state), **options)
     return model.to(device).eval()
 
 
@@ -96,6 +98,12 @@ def label_mapping(model: MaskRCNN, dataset: CocoDataset) -> dict[int, int] | Non
                      f"{dataset.num_classes} categories; evaluate on the data the model was trained for")
 
 
+def default_iou_types(model: MaskRCNN) -> list[str]:
+    """bbox, plus segm with a mask branch and keypoints with a keypoint branch."""
+    heads = model.roi_heads
+    return ["bbox"] + (["segm"] if heads.has_mask else []) + (["keypoints"] if heads.has_keypoints else [])
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -114,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: auto)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    parser.add_argument("--iou-types", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])
+    parser.add_argument("--iou-types", nargs="+", choices=["bbox", "segm", "keypoints"],
+                        help="default: bbox, segm if the model has masks, keypoints if it has keypoints")
     parser.add_argument("--output", help="write the COCO results and the numbers under this folder")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     args = parser.parse_args(argv)
@@ -126,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             # whose detections would then count twice
             dataset.verify_images()
         model = load_model_for_eval(args.weights, device)
+        iou_types = args.iou_types or default_iou_types(model)
         evaluator = COCOEvaluator(args.data, label_to_category_id=label_mapping(model, dataset),
-                                  class_names=dataset.class_names, iou_types=args.iou_types)
+                                  class_names=dataset.class_names, iou_types=iou_types)
     except (OSError, ValueError, RuntimeError, DataError) as e:
         print(f"maskrcnn eval: {e}", file=sys.stderr)
         return 2

@@ -98,6 +98,10 @@ def draw_instances(
     mask_threshold: float = 0.5,
     show_boxes: bool = True,
     show_labels: bool = True,
+    keypoints=None,
+    skeleton: Sequence[Sequence[int]] | None = None,
+    keypoint_scores=None,
+    keypoint_thresh: float | None = None,
 ) -> Image.Image:
     """Draw one image's detections; returns an RGB PIL image of the input's size.
 
@@ -110,6 +114,9 @@ def draw_instances(
         work as they are), or a {label: name} dict; None shows the label number.
     alpha: mask opacity. Instance i gets color `instance_colors(R)[i]` for its mask, its
         outline (full strength, so touching instances stay apart) and its box.
+    keypoints: float (R, P, 3) (x, y, v) or None: a dot per keypoint with v > 0 (and, given
+        keypoint_scores (R, P) and keypoint_thresh, a score >= it), and a line for each
+        `skeleton` pair ([i, j], 1-based as COCO's) whose two keypoints are both drawn.
 
     Pixels change only inside masks, on box lines and under captions.
     """
@@ -141,6 +148,8 @@ def draw_instances(
         out = np.rint(blended).clip(0, 255).astype(np.uint8)
 
     canvas = Image.fromarray(out)
+    if keypoints is not None and num:
+        _draw_keypoints(ImageDraw.Draw(canvas), keypoints, keypoint_scores, keypoint_thresh, skeleton, colors, line)
     if not (show_boxes or show_labels) or num == 0:
         return canvas
     draw = ImageDraw.Draw(canvas)
@@ -169,3 +178,22 @@ def draw_instances(
             draw.text((tx + pad - left, ty + pad - top), text, font=font,
                       fill=(0, 0, 0) if luma > 150 else (255, 255, 255))
     return canvas
+
+
+def _draw_keypoints(draw: ImageDraw.ImageDraw, keypoints, scores, thresh, skeleton, colors: np.ndarray, line: int) -> None:
+    """Skeleton lines in the instance's color, then keypoint dots (white-ringed, so they show
+    on the instance's own mask)."""
+    points = _np(keypoints).astype(np.float64)
+    if points.ndim != 3 or points.shape[0] != len(colors) or points.shape[2] != 3:
+        raise ValueError(f"expected keypoints of shape ({len(colors)}, P, 3), got {points.shape}")
+    shown = (points[..., 2] > 0) & np.isfinite(points[..., :2]).all(-1)
+    if scores is not None and thresh is not None:
+        shown &= _np(scores).reshape(points.shape[:2]) >= thresh
+    radius = line + 1
+    for i in range(points.shape[0]):
+        color = tuple(int(c) for c in colors[i])
+        for a, b in skeleton or []:
+            if 1 <= a <= points.shape[1] and 1 <= b <= points.shape[1] and shown[i, a - 1] and shown[i, b - 1]:
+                draw.line([tuple(points[i, a - 1, :2]), tuple(points[i, b - 1, :2])], fill=color, width=line)
+        for x, y in points[i, shown[i], :2]:
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=color, outline=(255, 255, 255))
