@@ -301,7 +301,9 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 metrics.write(done, record)
-                bar.set_postfix_str(f"loss {record['loss']:.3f} mask {record.get('loss_mask', 0):.3f} lr {lr:.2g}")
+                heads = "".join(f" {name} {record[f'loss_{name}']:.3f}" for name in ("mask", "keypoint")
+                                if f"loss_{name}" in record)
+                bar.set_postfix_str(f"loss {record['loss']:.3f}{heads} lr {lr:.2g}")
                 window, window_count, window_start = {}, 0, time.perf_counter()
         if done % t.checkpoint_period == 0 or done == s.max_iter:
             save_checkpoint(done)
