@@ -163,7 +163,7 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         mask_pooler=MultiScaleRoIAlign(output_size=14, **pooler) if config.mask_on else None,
         mask_head=MaskHead(in_channels=c, num_classes=config.num_classes, conv_dims=(m,) * 4, norm=head_norm,
                            background_channel=not config.background_last) if config.mask_on else None,
-        **keypoint_branch(config, pooler),
+        **keypoint_branch(config, pooler, head_norm),
         fg_iou_thresh=config.box_fg_iou_thresh,
         bg_iou_thresh=config.box_bg_iou_thresh,
         batch_size_per_image=config.box_batch_size_per_image,

@@ -128,11 +128,13 @@ def keypoint_sample(seed=0):
     return image, {**target, "keypoints": kp}
 
 
-@pytest.mark.parametrize("mask_on", [False, True])
-def test_keypoint_model_trains_and_detects_with_and_without_masks(mask_on):
+@pytest.mark.parametrize("variant, mask_on", [("v1", False), ("v2", True)])
+def test_keypoint_model_trains_and_detects_with_and_without_masks(variant, mask_on):
     torch.manual_seed(0)
-    model = build_model(ModelConfig.from_dict({**KEYPOINT_SMALL, "mask_on": mask_on}))
+    model = build_model(ModelConfig.from_dict({**KEYPOINT_SMALL, "mask_on": mask_on, "variant": variant}))
     assert model.roi_heads.has_mask == mask_on and model.roi_heads.has_keypoints
+    # v2 puts batch norm in the heads, the keypoint head's convs included
+    assert (model.roi_heads.keypoint_head.convs[0].norm is not None) == (variant == "v2")
     image, target = keypoint_sample()
     if not mask_on:
         target = {k: v for k, v in target.items() if k != "masks"}  # not needed without masks

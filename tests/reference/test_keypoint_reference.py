@@ -42,7 +42,7 @@ from maskrcnn.ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap  
 BOX_ATOL = 1e-2
 SCORE_ATOL = 1e-4
 HEATMAP_RTOL = 5e-4
-KEYPOINT_ATOL = 1e-2  # px, resized image
+KEYPOINT_ATOL = 1e-2  # px, original image (times `ratio` below for images larger than the model input)
 MOVED_FRACTION = 0.01  # of matched keypoints that may sit elsewhere (argmax ties)
 SIZES = [(480, 640), (640, 427), (375, 500), (800, 800)]
 
@@ -143,11 +143,18 @@ def test_keypoint_model_matches_torchvision(sizes):
         name = f"{case} image {k}"
         ri, oi = pair_detections(r, o)
         assert len(r["boxes"]) > 10, f"{name}: only {len(r['boxes'])} detections; the test needs realistic ones"
-        # (detections at the score threshold may be on one side only, as in test_model_reference)
-        unpaired = [s for s in r["scores"][[i for i in range(len(r["boxes"])) if i not in set(ri.tolist())]]]
-        assert all(abs(s.item() - 0.05) <= SCORE_ATOL for s in unpaired), f"{name}: unpaired detections {unpaired}"
-        assert len(o["boxes"]) - len(oi) <= len(unpaired) + 1, name
-        ratio = max(s / n for s, n in zip(images[k].shape[-2:], (800, 800)))
+        # A detection may be on one side only when its score is within rounding of a cut: the
+        # score threshold (0.05) or the 100-per-image cap (test_model_reference's rule).
+        for side, dets, paired in (("torchvision", r, ri), ("ours", o, oi)):
+            for i in sorted(set(range(len(dets["boxes"]))) - set(paired.tolist())):
+                score = dets["scores"][i].item()
+                at_cut = abs(score - 0.05) <= SCORE_ATOL or (
+                    len(dets["boxes"]) == 100 and score - dets["scores"].min().item() <= SCORE_ATOL)
+                assert at_cut, f"{name}: {side}'s detection {i} (score {score:.6f}) has no counterpart"
+                MAXIMA.count("detection at a cut on one side only", f"{name}: {side}'s, score {score:.6f}")
+        # original pixels per model pixel (the short side goes to 800 at every size here): the
+        # limits in original pixels grow with it for images larger than the model's
+        ratio = max(1.0, min(images[k].shape[-2:]) / 800)
         box_diff = (o["boxes"][oi] - r["boxes"][ri]).abs().max().item()
         MAXIMA.update("box px", box_diff, name)
         assert box_diff <= BOX_ATOL * max(1, ratio)

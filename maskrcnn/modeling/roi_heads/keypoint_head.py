@@ -11,20 +11,22 @@ from torch import Tensor, nn
 
 from ...ops import MultiScaleRoIAlign
 from ...ops.keypoints import heatmaps_to_keypoints, keypoints_to_heatmap
-from ..layers import conv_stack, init_for_relu
+from ..layers import NormFactory, conv_stack, init_for_relu
 
 
 class KeypointHead(nn.Module):
     """8 x (3x3 conv 512, ReLU) -> 4x4 stride-2 transposed conv to K channels (28x28) ->
-    bilinear 2x upsampling -> (R, K, 56, 56) heatmap logits.
+    bilinear 2x upsampling -> (R, K, 56, 56) heatmap logits. `norm` after each conv: the v2
+    variant's batch norm, as its mask head has (torchvision's keypoint model has none).
 
     forward((R, C, 14, 14)) -> (R, K, 2 * 2 * 14, ...) logits.
     """
 
-    def __init__(self, *, in_channels: int, num_keypoints: int, conv_dims: tuple[int, ...] = (512,) * 8):
+    def __init__(self, *, in_channels: int, num_keypoints: int, conv_dims: tuple[int, ...] = (512,) * 8,
+                 norm: NormFactory | None = None):
         super().__init__()
         self.num_keypoints = num_keypoints
-        self.convs = conv_stack(in_channels, conv_dims)
+        self.convs = conv_stack(in_channels, conv_dims, norm)
         channels = conv_dims[-1] if conv_dims else in_channels
         # kernel 4, stride 2, padding 1: exactly doubles the side
         self.deconv = nn.ConvTranspose2d(channels, num_keypoints, 4, stride=2, padding=1)
@@ -74,7 +76,7 @@ def decode_keypoints(keypoint_logits: Tensor, boxes: list[Tensor]) -> tuple[list
     return list(keypoints.split(counts)), list(scores.split(counts))
 
 
-def keypoint_branch(config, pooler_options: dict) -> dict:
+def keypoint_branch(config, pooler_options: dict, norm: NormFactory | None = None) -> dict:
     """RoIHeads keywords for the keypoint branch a ModelConfig asks for (none if num_keypoints
     is 0): a 14x14 pooler on the box pooler's levels and a KeypointHead."""
     if config.num_keypoints < 0:
@@ -90,5 +92,5 @@ def keypoint_branch(config, pooler_options: dict) -> dict:
     return dict(
         keypoint_pooler=MultiScaleRoIAlign(output_size=14, **pooler_options),
         keypoint_head=KeypointHead(in_channels=config.fpn_channels, num_keypoints=config.num_keypoints,
-                                   conv_dims=(config.keypoint_head_channels,) * 8),
+                                   conv_dims=(config.keypoint_head_channels,) * 8, norm=norm),
     )
