@@ -158,7 +158,7 @@ def to_coco_results(
         keypoints_np = _to_numpy(keypoints).astype(np.float64)
         if keypoints_np.ndim != 3 or keypoints_np.shape[0] != num or keypoints_np.shape[2] != 3:
             raise ValueError(f"expected ({num}, P, 3) keypoints, got shape {keypoints_np.shape}")
-        keypoints_np = keypoints_np.reshape(num, -1)
+        keypoints_np = keypoints_np.reshape(num, keypoints_np.shape[1] * 3)
     if isinstance(image_id, (np.generic, Tensor)):
         image_id = image_id.item()
     category_of = _category_lookup(category_ids)

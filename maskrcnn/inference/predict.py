@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-maps", action="store_true", help="also write DIR/label_maps/NAME.png")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write a Kaggle-style RLE CSV (ImageId = NAME)")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
-    p.add_argument("--variant", choices=("v1", "v2"), help="layout of a torchvision checkpoint (default: inferred)")
+    p.add_argument("--variant", choices=("v1", "v2", "keypoint"), help="layout of a torchvision checkpoint (default: inferred)")
     p.add_argument("--coco-ann", type=Path, metavar="ANN.json",
                    help="take image ids (matched by file name) and category ids (matched by class "
                         "name) from this COCO annotation file, so results.json evaluates against it")

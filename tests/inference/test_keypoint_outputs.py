@@ -17,6 +17,8 @@ def test_coco_results_carry_flat_keypoints():
     r = to_coco_results(3, torch.tensor([[5.0, 5.0, 35.0, 35.0]]), torch.tensor([0.7]), torch.tensor([1]), keypoints=KP)
     assert r[0]["keypoints"] == [10.0, 10.0, 1.0, 30.0, 10.0, 1.0, 20.0, 30.0, 0.0]
     assert r[0]["score"] == pytest.approx(0.7)
+    assert to_coco_results(3, torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64),
+                           keypoints=torch.zeros(0, 3, 3)) == []  # an image without detections
     with pytest.raises(ValueError, match=r"expected \(1, P, 3\) keypoints"):
         to_coco_results(3, torch.tensor([[5.0, 5.0, 35.0, 35.0]]), torch.tensor([0.7]), torch.tensor([1]),
                         keypoints=KP[:, :, :2])
