@@ -191,13 +191,15 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
         return "    -" if v is None or v < 0 or math.isnan(v) else f"{v:.3f}"
 
     types = list(results)
-    lines = [f"{'':6}" + "".join(f"{m:>8}" for m in METRICS)]
+    tw = max([6] + [len(t) + 1 for t in types])  # "keypoints" is wider than "bbox" and "segm"
+    cw = {t: max(8, len(t) + 2) for t in types}
+    lines = [f"{'':{tw}}" + "".join(f"{m:>8}" for m in METRICS)]
     for t in types:
-        lines.append(f"{t:6}" + "".join(f"{cell(results[t][m]):>8}" for m in METRICS))
+        lines.append(f"{t:{tw}}" + "".join(f"{cell(results[t][m]):>8}" for m in METRICS))
     names = list(next(iter(results.values()))["per_class"]) if results else []
     if names:
         width = max(12, max(len(n) for n in names) + 2)
-        lines += ["", f"{'per-class AP':{width}}" + "".join(f"{t:>8}" for t in types)]
+        lines += ["", f"{'per-class AP':{width}}" + "".join(f"{t:>{cw[t]}}" for t in types)]
         for n in names:
-            lines.append(f"{n:{width}}" + "".join(f"{cell(results[t]['per_class'].get(n)):>8}" for t in types))
+            lines.append(f"{n:{width}}" + "".join(f"{cell(results[t]['per_class'].get(n)):>{cw[t]}}" for t in types))
     return "\n".join(lines)
