@@ -28,19 +28,23 @@ class Detections:
     boxes: float (R, 4) xyxy; scores: float (R,); labels: int64 (R,), 1..K-1 (0 is background);
     masks: float (R, H, W) pasted probabilities at the original size; (R, 28, 28) when the
     model was called with paste_masks=False; None when the model has no mask branch.
+    keypoints: float (R, P, 3) (x, y, 1) in pixels, keypoint_scores: float (R, P) (heatmap
+    logits at the keypoint; higher is surer), P keypoints; None without a keypoint branch.
     """
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
     masks: Tensor | None = None
+    keypoints: Tensor | None = None
+    keypoint_scores: Tensor | None = None
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
 
     def __getitem__(self, key: str) -> Tensor | None:
         # dict-style access, so code written for torchvision's result dicts keeps working
-        if key not in ("boxes", "scores", "labels", "masks"):
+        if key not in ("boxes", "scores", "labels", "masks", "keypoints", "keypoint_scores"):
             raise KeyError(key)
         return getattr(self, key)
 
@@ -50,6 +54,8 @@ class Detections:
             self.scores.to(device),
             self.labels.to(device),
             None if self.masks is None else self.masks.to(device),
+            None if self.keypoints is None else self.keypoints.to(device),
+            None if self.keypoint_scores is None else self.keypoint_scores.to(device),
         )
 
 

@@ -1,5 +1,6 @@
 """Load torchvision Mask R-CNN checkpoints (maskrcnn_resnet50_fpn and _v2) into our model, and
-its Faster R-CNN ones (fasterrcnn_resnet50_fpn and _v2: the same model without the mask branch).
+its Faster R-CNN ones (fasterrcnn_resnet50_fpn and _v2: the same model without the mask branch)
+and its Keypoint R-CNN ones (keypointrcnn_resnet50_fpn, variant="keypoint").
 
 torchvision's module names map one-to-one onto ours; only the names differ. The rules below
 also accept the names of older torchvision releases (before Conv2dNormActivation wrapped convs
@@ -39,7 +40,14 @@ _RULES: list[tuple[str, str]] = [
     (r"^roi_heads\.mask_head\.mask_fcn(\d+)\.", lambda m: f"roi_heads.mask_head.convs.{int(m.group(1)) - 1}.conv."),
     (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
     (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
+    # keypointrcnn: a Sequential of (conv, ReLU) pairs, so the convs are its even entries
+    (r"^roi_heads\.keypoint_head\.(\d+)\.", lambda m: f"roi_heads.keypoint_head.convs.{int(m.group(1)) // 2}.conv."),
+    (r"^roi_heads\.keypoint_predictor\.kps_score_lowres\.", "roi_heads.keypoint_head.deconv."),
 ]
+
+# torchvision's KeypointRCNN trains on a random short side from these (eval: the last)
+KEYPOINT_MIN_SIZES = (640, 672, 704, 736, 768, 800)
+VARIANTS = ("v1", "v2", "keypoint")
 
 
 def convert_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -92,11 +100,15 @@ VARIANTS = {
     "v2": ("v2", True),  # maskrcnn_resnet50_fpn_v2
     "faster": ("v1", False),  # fasterrcnn_resnet50_fpn
     "faster_v2": ("v2", False),  # fasterrcnn_resnet50_fpn_v2
+    "keypoint": ("v1", False),  # keypointrcnn_resnet50_fpn: boxes and keypoints
 }
+KEYPOINT_KEY = "roi_heads.keypoint_predictor.kps_score_lowres.weight"
 
 
 def torchvision_variant(state_dict: dict[str, Tensor]) -> str:
     """The `from_torchvision` variant a torchvision state dict's keys show."""
+    if KEYPOINT_KEY in state_dict:
+        return "keypoint"
     v2 = any(k.startswith("roi_heads.box_head.0.") for k in state_dict)
     masks = any(k.startswith("roi_heads.mask_") for k in state_dict)
     return ("v2" if v2 else "v1") if masks else ("faster_v2" if v2 else "faster")
@@ -122,6 +134,8 @@ def infer_config(state_dict: dict[str, Tensor], variant: str) -> dict:
     if "roi_heads.box_predictor.cls_score.weight" not in state_dict:
         raise ValueError("not a torchvision Mask R-CNN state dict: roi_heads.box_predictor.cls_score.weight is missing")
     found = torchvision_variant(state_dict)
+    if (found == "keypoint") != (variant == "keypoint"):
+        raise ValueError(f"checkpoint has the {found} layout but variant={variant!r} was asked for")
     if VARIANTS[found][1] != VARIANTS[variant][1]:
         what = "has a mask branch (Mask R-CNN)" if VARIANTS[found][1] else "has no mask branch (Faster R-CNN)"
         raise ValueError(f"checkpoint {what}: load it with variant={found!r}, not {variant!r}")
@@ -137,21 +151,26 @@ def infer_config(state_dict: dict[str, Tensor], variant: str) -> dict:
     # Published v1 weights come from FrozenBatchNorm2d models (no step counters), which
     # torchvision runs with eps 0.0; BatchNorm2d-trained weights (v2, fresh models) use 1e-5.
     frozen = not any(k.startswith("backbone.body.") and k.endswith("num_batches_tracked") for k in state_dict)
-    return {
+    config = {
         "variant": layout,
         "mask_on": mask_on,
         "depth": depth,
         "num_classes": state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0],
         "norm_eps": 0.0 if (frozen and layout == "v1") else 1e-5,
     }
+    if variant == "keypoint":
+        # a box + keypoint model: no mask branch; ConvTranspose2d weights are (in, out, k, k)
+        config.update(mask_on=False, num_keypoints=state_dict[KEYPOINT_KEY].shape[1], min_size=KEYPOINT_MIN_SIZES)
+    return config
 
 
 def from_torchvision(state_dict_or_path: str | Path | dict, variant: str = "v1", **options) -> MaskRCNN:
     """Build our model from a torchvision Mask R-CNN checkpoint, in eval mode.
 
     variant: "v1" (maskrcnn_resnet50_fpn), "v2" (maskrcnn_resnet50_fpn_v2), "faster"
-    (fasterrcnn_resnet50_fpn: no mask branch, detections without masks) or "faster_v2"
-    (fasterrcnn_resnet50_fpn_v2).
+    (fasterrcnn_resnet50_fpn: no mask branch, detections without masks), "faster_v2"
+    (fasterrcnn_resnet50_fpn_v2) or "keypoint" (keypointrcnn_resnet50_fpn: boxes and
+    keypoints, no masks; its multi-scale training sizes 640..800).
 
     options: torchvision's keyword names (box_score_thresh, box_nms_thresh,
     box_detections_per_img, min_size, max_size, rpn_pre_nms_top_n_test, ...) and `norm_eps`

@@ -18,6 +18,7 @@ from .coco import BOX_TOLERANCE, CocoDataset, read_coco_json
 from ..io import DataError, load_image, write_json_atomic
 from .convert import ConversionResult, convert_main, labelme_to_coco, mask_pngs_to_coco, rle_csv_to_coco
 from .shapes import SHAPE_CLASSES, generate_shapes_dataset, shapes_category_ids
+from .keypoint_shapes import generate_keypoint_shapes_dataset
 from .transforms import Compose, RandomHorizontalFlip, ResizeShortestEdge, hflip, resize
 
 
@@ -31,7 +32,8 @@ def collate_fn(batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[list[Ten
 
 __all__ = [
     "BOX_TOLERANCE", "CocoDataset", "Compose", "ConversionResult", "DataError", "RandomHorizontalFlip",
-    "ResizeShortestEdge", "SHAPE_CLASSES", "collate_fn", "convert_main", "generate_shapes_dataset",
+    "ResizeShortestEdge", "SHAPE_CLASSES", "collate_fn", "convert_main", "generate_keypoint_shapes_dataset",
+    "generate_shapes_dataset",
     "hflip", "labelme_to_coco", "load_image", "mask_pngs_to_coco", "read_coco_json", "resize",
     "rle_csv_to_coco", "shapes_category_ids", "write_json_atomic",
 ]

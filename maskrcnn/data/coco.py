@@ -10,6 +10,11 @@ Reads a COCO JSON (`images`, `annotations`, `categories`) and a folder of images
             iscrowd  bool    (N,)    crowd regions: ignored in matching, never positives
             image_id int             the COCO image id
             orig_size (H, W)         size before any transform
+        and, for a person-keypoints file (a category with a `keypoints` list of names):
+            keypoints float32 (N, K, 3) (x, y, visibility 0/1/2); zeros for instances
+                                     without keypoints (other categories)
+            keypoint_flip int64 (K,) the keypoint each one becomes in a horizontal flip
+                                     (left_* <-> right_* by name, or `keypoint_flip_map`)
 
 Everything is checked when the dataset is built, so bad data is reported before training or
 evaluation starts rather than hours in: the JSON (duplicate image, annotation or category
@@ -35,6 +40,7 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..ops.keypoints import flip_indices
 from ..io import (
     DataError,
     ImageLoadError,
@@ -117,6 +123,8 @@ class CocoDataset(Dataset):
             open arbitrary files).
         progress: show a progress bar while checking the files (None: for datasets of more
             than 2000 images, when stderr is a terminal).
+        keypoint_flip_map: (name, name) pairs of keypoints that swap in a horizontal flip;
+            default: `left_x` <-> `right_x` from the names (`ops.keypoints.flip_indices`).
 
     Labels are contiguous 1..C in order of increasing category id; `class_names[label - 1]` is
     a label's name and `label_to_category_id` maps back for writing COCO results.
@@ -137,7 +145,9 @@ class CocoDataset(Dataset):
         check_files: bool = True,
         allow_outside_image_dir: bool = False,
         progress: bool | None = None,
+        keypoint_flip_map: list[tuple[str, str]] | None = None,
     ) -> None:
+        self.keypoint_flip_map = keypoint_flip_map
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
         self.transforms = transforms
@@ -199,6 +209,7 @@ class CocoDataset(Dataset):
         self._category_ids = sorted(categories)
         self._class_names = [categories[i] for i in self._category_ids]
         self._cat_to_label = {cid: k + 1 for k, cid in enumerate(self._category_ids)}
+        self._parse_keypoint_categories(data["categories"])
 
         images: dict[int, dict[str, Any]] = {}
         paths: dict[int, Path] = {}
@@ -265,6 +276,65 @@ class CocoDataset(Dataset):
             warnings.warn(f"{src} has no annotations{left}: every image counts as having no objects",
                           stacklevel=3)
 
+    def _parse_keypoint_categories(self, categories: list[dict[str, Any]]) -> None:
+        """Keypoint names and skeleton from the categories that have `keypoints` (COCO's person
+        category); all such categories must name the same keypoints."""
+        src = self.annotation_file
+        self._keypoint_names: list[str] | None = None
+        self._skeleton: list[list[int]] | None = None
+        self._keypoint_categories: set[int] = set()
+        for c in sorted(categories, key=lambda c: c["id"]):
+            names = c.get("keypoints")
+            if names is None:
+                continue
+            if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+                raise DataError(f"{src}: category id {c['id']}: 'keypoints' must be a non-empty list of names, got {names!r}")
+            if len(set(names)) != len(names):
+                raise DataError(f"{src}: category id {c['id']}: keypoint names repeat: {names}")
+            if self._keypoint_names is not None and names != self._keypoint_names:
+                raise DataError(f"{src}: category id {c['id']} names keypoints {names}, another category "
+                                f"{self._keypoint_names}; one model predicts one keypoint set")
+            skeleton = c.get("skeleton", [])
+            k = len(names)
+            if not (isinstance(skeleton, list) and all(
+                    isinstance(e, list) and len(e) == 2 and all(_is_int(i) and 1 <= i <= k for i in e) for e in skeleton)):
+                raise DataError(f"{src}: category id {c['id']}: 'skeleton' must be a list of [i, j] keypoint "
+                                f"numbers in 1..{k}, got {skeleton!r}")
+            self._keypoint_names, self._skeleton = list(names), [list(e) for e in skeleton]
+            self._keypoint_categories.add(c["id"])
+        if self._keypoint_names is not None:
+            try:
+                self._keypoint_flip = flip_indices(self._keypoint_names, self.keypoint_flip_map)
+            except ValueError as e:
+                raise DataError(f"{src}: keypoint_flip_map: {e}") from None
+
+    def _check_keypoints(self, ann: dict[str, Any], width: int, height: int) -> tuple[list | None, str | None]:
+        """(K, 3) keypoints of an annotation (zeros when it has none), or what is wrong."""
+        k = len(self._keypoint_names)
+        values = ann.get("keypoints")
+        if values is None:
+            return [[0.0, 0.0, 0.0]] * k, None
+        if not (isinstance(values, list) and all(_is_number(v) for v in values)):
+            return None, "keypoints must be a flat list of numbers [x1, y1, v1, x2, ...]"
+        if ann.get("category_id") not in self._keypoint_categories:
+            if not any(values):
+                return [[0.0, 0.0, 0.0]] * k, None
+            return None, f"has keypoints but its category {ann.get('category_id')} defines none"
+        if len(values) != 3 * k:
+            return None, f"keypoints has {len(values)} numbers; {k} keypoints need {3 * k} (x, y, visibility each)"
+        triples = [values[i:i + 3] for i in range(0, len(values), 3)]
+        for j, (x, y, v) in enumerate(triples):
+            if v not in (0, 1, 2):
+                return None, (f"keypoint {j} ({self._keypoint_names[j]}) has visibility {v!r}; "
+                              "COCO's are 0 (not labelled), 1 (labelled, hidden), 2 (visible)")
+            t = BOX_TOLERANCE
+            if v > 0 and not (-t <= x <= width + t and -t <= y <= height + t):
+                return None, f"keypoint {j} ({self._keypoint_names[j]}) at ({x}, {y}) lies outside the {width}x{height} image"
+        labelled = sum(1 for _, _, v in triples if v > 0)
+        if "num_keypoints" in ann and ann["num_keypoints"] != labelled:
+            return None, f"num_keypoints is {ann['num_keypoints']!r} but {labelled} keypoints have visibility > 0"
+        return [[float(x), float(y), float(v)] for x, y, v in triples], None
+
     def _check_annotation(self, ann: dict[str, Any], img: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         """Normalize one annotation; return (record, None) or ({}, what is wrong)."""
         width, height = img["width"], img["height"]
@@ -278,8 +348,14 @@ class CocoDataset(Dataset):
         seg = ann.get("segmentation")
         if isinstance(seg, list) and seg and all(_is_number(v) for v in seg):
             seg = [seg]  # a single flat polygon; pycocotools wants a list of polygons
+        keypoints = None
+        if self._keypoint_names is not None:
+            keypoints, problem = self._check_keypoints(ann, width, height)
+            if problem is not None:
+                return {}, problem
         if seg is None or (isinstance(seg, list) and not seg):
-            if not iscrowd:
+            # a keypoint annotation needs no mask (a keypoint-only model): the box stands in
+            if not iscrowd and not (keypoints and any(v > 0 for _, _, v in keypoints)):
                 return {}, "no segmentation"
             seg = None  # crowd box without a mask: the box itself is the ignore region
         elif isinstance(seg, list):
@@ -323,6 +399,7 @@ class CocoDataset(Dataset):
             "label": self._cat_to_label[cid],
             "iscrowd": iscrowd,
             "segmentation": seg,
+            "keypoints": keypoints,
         }, None
 
     # ------------------------------------------------------------------ metadata
@@ -331,6 +408,21 @@ class CocoDataset(Dataset):
     def class_names(self) -> list[str]:
         """Category names; index 0 is label 1 (background has no entry)."""
         return list(self._class_names)
+
+    @property
+    def keypoint_names(self) -> list[str] | None:
+        """The keypoint categories' `keypoints` names; None when there are none."""
+        return None if self._keypoint_names is None else list(self._keypoint_names)
+
+    @property
+    def keypoint_skeleton(self) -> list[list[int]] | None:
+        """The keypoint categories' `skeleton`: [i, j] pairs of 1-based keypoint numbers."""
+        return None if self._skeleton is None else [list(e) for e in self._skeleton]
+
+    @property
+    def keypoint_flip(self) -> list[int] | None:
+        """For a horizontal flip: the index of the keypoint each keypoint becomes."""
+        return None if self._keypoint_names is None else list(self._keypoint_flip)
 
     @property
     def category_ids(self) -> list[int]:
@@ -429,6 +521,10 @@ class CocoDataset(Dataset):
             "image_id": int(info["id"]),
             "orig_size": (height, width),
         }
+        if self._keypoint_names is not None:
+            k = len(self._keypoint_names)
+            target["keypoints"] = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).reshape(-1, k, 3)
+            target["keypoint_flip"] = torch.tensor(self._keypoint_flip, dtype=torch.int64)
         return image, target
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:

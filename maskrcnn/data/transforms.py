@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.keypoints import flip_keypoints
+
 __all__ = ["Compose", "RandomHorizontalFlip", "ResizeShortestEdge", "hflip", "resize"]
 
 Target = dict[str, Any]
@@ -23,7 +25,8 @@ Target = dict[str, Any]
 
 def hflip(image: Tensor, target: Target) -> tuple[Tensor, Target]:
     """Mirror left-right. A box [x1, x2) over pixel columns becomes [W - x2, W - x1), the same
-    pixel-edge convention as the masks, so the flipped mask's box equals the flipped box."""
+    pixel-edge convention as the masks, so the flipped mask's box equals the flipped box.
+    Keypoints: x -> W - x, and left and right swap by the target's `keypoint_flip`."""
     width = image.shape[-1]
     target = dict(target)
     if "boxes" in target:
@@ -33,6 +36,11 @@ def hflip(image: Tensor, target: Target) -> tuple[Tensor, Target]:
         target["boxes"] = boxes
     if "masks" in target:
         target["masks"] = target["masks"].flip(-1)
+    if "keypoints" in target:
+        if "keypoint_flip" not in target:
+            raise ValueError("the target has keypoints but no 'keypoint_flip' (which keypoint each becomes "
+                             "when mirrored, e.g. left_eye <-> right_eye); CocoDataset adds it")
+        target["keypoints"] = flip_keypoints(target["keypoints"], width, target["keypoint_flip"].tolist())
     return image.flip(-1), target
 
 
@@ -55,6 +63,9 @@ def resize(image: Tensor, target: Target, size: tuple[int, int]) -> tuple[Tensor
     if "boxes" in target:
         scale = torch.tensor([new_w / width, new_h / height] * 2, dtype=target["boxes"].dtype)
         target["boxes"] = target["boxes"] * scale
+    if "keypoints" in target:
+        scale = torch.tensor([new_w / width, new_h / height, 1.0], dtype=target["keypoints"].dtype)
+        target["keypoints"] = target["keypoints"] * scale
     if "masks" in target:
         masks = target["masks"]
         if masks.shape[0] == 0:

@@ -163,6 +163,7 @@ def build_training_model(cfg: Config, train_set: CocoDataset) -> MaskRCNN:
     options = {**PRESETS[cfg.preset], **cfg.model_overrides(),
                "num_classes": train_set.num_classes + 1, "class_names": train_set.class_names,
                "first_label": 1}
+    options.update(keypoint_options(options, train_set))
     return build_model(ModelConfig.from_dict(options))
 
 
@@ -192,6 +193,22 @@ def check_same_run(state: dict[str, Any], current: dict[str, Any], checkpoint: P
                           f"{'; '.join(changed)}. Restore the old settings, start a new train.output_dir, or pass "
                           "--accept-changed-run to continue anyway (the data order and schedule then differ "
                           "from an uninterrupted run)")
+
+
+def keypoint_options(options: dict, train_set: CocoDataset) -> dict:
+    """A keypoint branch for data with keypoints (their number, names and skeleton from the
+    data), unless the config turns it off with num_keypoints: 0."""
+    names, asked = train_set.keypoint_names, options.get("num_keypoints")
+    if names is None:
+        if asked:
+            raise ConfigError(f"model.num_keypoints={asked} but {train_set.annotation_file} has no category "
+                              "with 'keypoints' names")
+        return {}
+    if asked == 0:
+        return {}
+    if asked is not None and asked != len(names):
+        raise ConfigError(f"model.num_keypoints={asked} but {train_set.annotation_file} names {len(names)} keypoints")
+    return {"num_keypoints": len(names), "keypoint_names": names, "keypoint_skeleton": train_set.keypoint_skeleton}
 
 
 def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.device,
@@ -278,7 +295,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
         write_json_atomic(cfg.to_dict(), out / "config.json")
         if resume:
             metrics.truncate_after(start_iter)
-    evaluator = _make_evaluator(train_set, val_set, masks=model.roi_heads.has_mask) if val_set is not None else None
+    evaluator = _make_evaluator(train_set, val_set, model) if val_set is not None else None
 
     def save_checkpoint(done: int) -> None:
         rng = distributed.all_gather_object(capture_rng_state())  # every process's RNG
@@ -359,7 +376,9 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 metrics.write(done, record)
-                bar.set_postfix_str(f"loss {record['loss']:.3f} mask {record.get('loss_mask', 0):.3f} lr {lr:.2g}")
+                heads = "".join(f" {name} {record[f'loss_{name}']:.3f}" for name in ("mask", "keypoint")
+                                if f"loss_{name}" in record)
+                bar.set_postfix_str(f"loss {record['loss']:.3f}{heads} lr {lr:.2g}")
                 window, window_count, window_start = {}, 0, time.perf_counter()
         if done % t.checkpoint_period == 0 or done == s.max_iter:
             save_checkpoint(done)
@@ -405,16 +424,16 @@ def _write_plots(out: Path, evaluator, eval_results: dict, tensorboard, iteratio
     return f"plots: {written[0]}" + (f" and {len(written) - 1} files in {out / 'plots'}" if len(written) > 1 else "")
 
 
-def _make_evaluator(train_set: CocoDataset, val_set: CocoDataset, masks: bool = True):
+def _make_evaluator(train_set: CocoDataset, val_set: CocoDataset, model: MaskRCNN):
     from ..evaluation import COCOEvaluator
+    from ..evaluation.evaluate import default_iou_types
 
     # The model's labels are the training set's; the validation set must share its categories.
     if val_set.category_ids != train_set.category_ids:
         raise ConfigError(f"{val_set.annotation_file} has categories {val_set.category_ids} but the training "
                           f"data {train_set.annotation_file} has {train_set.category_ids}")
     return COCOEvaluator(val_set.annotation_file, label_to_category_id=train_set.label_to_category_id,
-                         class_names=train_set.class_names,
-                         iou_types=("bbox", "segm") if masks else ("bbox",))  # mask_on=false: boxes only
+                         class_names=train_set.class_names, iou_types=default_iou_types(model))
 
 
 def _evaluate(model: MaskRCNN, val_set: CocoDataset, evaluator, batch_size: int, device: torch.device) -> dict:

@@ -1,4 +1,4 @@
-"""COCO box and mask AP through pycocotools, as `reset / process / evaluate` (detectron2's
+"""COCO box, mask and keypoint (OKS) AP through pycocotools, as `reset / process / evaluate` (detectron2's
 `COCOEvaluator` shape).
 
     evaluator = COCOEvaluator("val/annotations.json", label_to_category_id=ds.label_to_category_id,
@@ -6,6 +6,8 @@
     for images, targets in loader:
         evaluator.process(targets, model(images).detections)
     results = evaluator.evaluate()   # {"bbox": {"AP": .., "AP50": .., ..., "per_class": {..}}, "segm": {..}}
+    # iou_types=("bbox", "keypoints") for a keypoint model: "keypoints" is OKS AP over the
+    # categories that have keypoints (see .keypoints for the sigmas)
 
 Numbers are pycocotools' own, as fractions in [0, 1] (COCOeval.stats[0:6]); -1 is what
 pycocotools reports when no ground truth falls in a category or size range. Only the images
@@ -29,8 +31,10 @@ from pycocotools.cocoeval import COCOeval
 from ..engine import distributed
 from ..inference.outputs import to_coco_results
 from ..structures import Detections
+from .keypoints import keypoint_sigmas as oks_sigmas
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+IOU_TYPES = ("bbox", "segm", "keypoints")
 
 
 def load_coco_gt(source: str | Path | dict | COCO) -> COCO:
@@ -56,8 +60,9 @@ class COCOEvaluator:
         label_to_category_id: model label (1..C) -> COCO category id; None: labels are ids.
         class_names: name per label (index 0 is label 1), for the per-class table; default:
             the GT categories' names.
-        iou_types: "bbox" and/or "segm".
+        iou_types: "bbox", "segm" and/or "keypoints".
         mask_threshold: pasted mask probabilities >= this are foreground.
+        keypoint_sigmas: OKS sigma per keypoint (default: COCO's for 17, else their mean).
     """
 
     def __init__(
@@ -68,12 +73,14 @@ class COCOEvaluator:
         class_names: Sequence[str] | None = None,
         iou_types: Iterable[str] = ("bbox", "segm"),
         mask_threshold: float = 0.5,
+        keypoint_sigmas: Sequence[float] | None = None,
     ):
         self.coco_gt = load_coco_gt(coco_gt)
         self.iou_types = tuple(iou_types)
-        unknown = [t for t in self.iou_types if t not in ("bbox", "segm")]
+        unknown = [t for t in self.iou_types if t not in IOU_TYPES]
         if unknown:
-            raise ValueError(f"unknown IoU type(s) {unknown}; use 'bbox' and/or 'segm'")
+            raise ValueError(f"unknown IoU type(s) {unknown}; use {', '.join(map(repr, IOU_TYPES))}")
+        self.keypoint_sigmas = keypoint_sigmas
         self.label_to_category_id = dict(label_to_category_id) if label_to_category_id is not None else None
         self.class_names = list(class_names) if class_names is not None else None
         self.mask_threshold = mask_threshold
@@ -99,9 +106,13 @@ class COCOEvaluator:
             masks = det.masks if "segm" in self.iou_types else None
             if masks is None and "segm" in self.iou_types:
                 raise ValueError("segm evaluation needs masks: run the model with paste_masks=True")
+            keypoints = det.keypoints if "keypoints" in self.iou_types else None
+            if keypoints is None and "keypoints" in self.iou_types:
+                raise ValueError("keypoint evaluation needs a model with a keypoint branch")
             self._results.extend(to_coco_results(
                 image_id, det.boxes, det.scores, det.labels, masks,
                 category_ids=self.label_to_category_id, mask_threshold=self.mask_threshold,
+                keypoints=keypoints,
             ))
 
     @property
@@ -121,21 +132,33 @@ class COCOEvaluator:
         self.evaluated_results, self.evaluated_image_ids = results, image_ids
         self.precision = {}
         return {t: evaluate_results(self.coco_gt, results, t, image_ids, self.class_names,
-                                    precision_out=self.precision) for t in self.iou_types}
+                                    keypoint_sigmas=self.keypoint_sigmas, precision_out=self.precision)
+                for t in self.iou_types}
 
 
 
 def evaluate_results(
     coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list[int] | None = None,
     class_names: Sequence[str] | None = None,
+    keypoint_sigmas: Sequence[float] | None = None,
     precision_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """COCOeval on one IoU type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}.
+    "keypoints" evaluates the categories with keypoint names only (COCO's person).
     precision_out: if given, gets COCOeval's eval["precision"] array under the IoU type
     (nothing when there are no results to evaluate)."""
-    cat_ids = sorted(coco_gt.getCatIds())
-    names = list(class_names) if class_names is not None and len(class_names) == len(cat_ids) else \
-        [coco_gt.cats[c].get("name", str(c)) for c in cat_ids]
+    all_cat_ids = sorted(coco_gt.getCatIds())
+    names = list(class_names) if class_names is not None and len(class_names) == len(all_cat_ids) else \
+        [coco_gt.cats[c].get("name", str(c)) for c in all_cat_ids]
+    cat_ids = all_cat_ids
+    if iou_type == "keypoints":
+        cat_ids = [c for c in all_cat_ids if coco_gt.cats[c].get("keypoints")]
+        if not cat_ids:
+            raise ValueError("keypoint evaluation needs a category with 'keypoints' names in the ground truth")
+        names = [n for c, n in zip(all_cat_ids, names) if c in cat_ids]
+        # loadRes takes the first result's keys for the type: keypoints only, from those categories
+        results = [{k: v for k, v in r.items() if k not in ("bbox", "segmentation")}
+                   for r in results if r["category_id"] in cat_ids]
     if iou_type == "segm":
         # loadRes takes a result's area from its bbox when one is present; the mask's own area
         # is what the small/medium/large split of segm AP must use (detectron2 does the same).
@@ -143,7 +166,7 @@ def evaluate_results(
     if not results:
         # pycocotools cannot load an empty result list; with no detections every AP is 0
         # (or -1 where there is no ground truth to find, as COCOeval reports it).
-        has_gt = len(coco_gt.getAnnIds(imgIds=image_ids if image_ids else [], iscrowd=False)) > 0
+        has_gt = len(coco_gt.getAnnIds(imgIds=image_ids if image_ids else [], catIds=cat_ids, iscrowd=False)) > 0
         value = 0.0 if has_gt else -1.0
         return {**{m: value for m in METRICS}, "per_class": {n: value for n in names}}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
@@ -151,10 +174,17 @@ def evaluate_results(
         coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
         if image_ids is not None:
             coco_eval.params.imgIds = list(image_ids)
+        if iou_type == "keypoints":
+            coco_eval.params.catIds = cat_ids
+            num = len(coco_gt.cats[cat_ids[0]]["keypoints"])
+            coco_eval.params.kpt_oks_sigmas = oks_sigmas(num, keypoint_sigmas)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    out: dict[str, Any] = {m: float(coco_eval.stats[i]) for i, m in enumerate(METRICS)}
+    # keypoint stats have no APs (their 3: APm, APl; 4..: recalls), the rest do
+    stats_of = ({"AP": 0, "AP50": 1, "AP75": 2, "APm": 3, "APl": 4} if iou_type == "keypoints"
+                else {m: i for i, m in enumerate(METRICS)})
+    out: dict[str, Any] = {m: float(coco_eval.stats[stats_of[m]]) if m in stats_of else -1.0 for m in METRICS}
     # precision: (IoU thresholds, recall thresholds, classes, area ranges, max dets);
     # area "all" is index 0 and maxDets 100 is the last.
     precision = coco_eval.eval["precision"]
@@ -175,13 +205,15 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
         return "    -" if v is None or v < 0 or math.isnan(v) else f"{v:.3f}"
 
     types = list(results)
-    lines = [f"{'':6}" + "".join(f"{m:>8}" for m in METRICS)]
+    tw = max([6] + [len(t) + 1 for t in types])  # "keypoints" is wider than "bbox" and "segm"
+    cw = {t: max(8, len(t) + 2) for t in types}
+    lines = [f"{'':{tw}}" + "".join(f"{m:>8}" for m in METRICS)]
     for t in types:
-        lines.append(f"{t:6}" + "".join(f"{cell(results[t][m]):>8}" for m in METRICS))
+        lines.append(f"{t:{tw}}" + "".join(f"{cell(results[t][m]):>8}" for m in METRICS))
     names = list(next(iter(results.values()))["per_class"]) if results else []
     if names:
         width = max(12, max(len(n) for n in names) + 2)
-        lines += ["", f"{'per-class AP':{width}}" + "".join(f"{t:>8}" for t in types)]
+        lines += ["", f"{'per-class AP':{width}}" + "".join(f"{t:>{cw[t]}}" for t in types)]
         for n in names:
-            lines.append(f"{n:{width}}" + "".join(f"{cell(results[t]['per_class'][n]):>8}" for t in types))
+            lines.append(f"{n:{width}}" + "".join(f"{cell(results[t]['per_class'].get(n)):>{cw[t]}}" for t in types))
     return "\n".join(lines)

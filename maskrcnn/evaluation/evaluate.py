@@ -2,8 +2,9 @@
 
     maskrcnn eval --weights out/model_final.safetensors --data val/annotations.json --images val/images
 
-prints AP, AP50, AP75, APs, APm, APl for bbox and segm and a per-class AP table, all computed
-by pycocotools' COCOeval. `--output` also writes the COCO results JSON and the numbers.
+prints AP, AP50, AP75, APs, APm, APl for bbox and segm (segm when the model has masks) and, for
+a model with keypoints, keypoint AP (OKS), and a per-class AP table, all computed by
+pycocotools' COCOeval. `--output` also writes the COCO results JSON and the numbers.
 """
 from __future__ import annotations
 
@@ -103,6 +104,12 @@ def label_mapping(model: MaskRCNN, dataset: CocoDataset, *, by_position: bool = 
                      f"{dataset.num_classes} categories; evaluate on the data the model was trained for")
 
 
+def default_iou_types(model: MaskRCNN) -> list[str]:
+    """bbox, plus segm with a mask branch and keypoints with a keypoint branch."""
+    heads = model.roi_heads
+    return ["bbox"] + (["segm"] if heads.has_mask else []) + (["keypoints"] if heads.has_keypoints else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maskrcnn eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
@@ -114,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    parser.add_argument("--iou-types", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])
+    parser.add_argument("--iou-types", nargs="+", choices=["bbox", "segm", "keypoints"],
+                        help="default: bbox, segm if the model has masks, keypoints if it has keypoints")
     parser.add_argument("--output", help="write the COCO results and the numbers under this folder")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     parser.add_argument("--allow-outside-image-dir", action="store_true",
@@ -141,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             # whose detections would then count twice
             dataset.verify_images()
         model = load_model_for_eval(args.weights, device)
-        if not model.roi_heads.has_mask and "segm" in args.iou_types:
-            print("maskrcnn eval: the model has no mask branch (detection only): evaluating bbox alone", file=sys.stderr)
-            args.iou_types = [t for t in args.iou_types if t != "segm"] or ["bbox"]
+        iou_types = args.iou_types or default_iou_types(model)
+        if not model.roi_heads.has_mask and "segm" in iou_types:
+            print("maskrcnn eval: the model has no mask branch (detection only): no segm evaluation", file=sys.stderr)
+            iou_types = [t for t in iou_types if t != "segm"] or ["bbox"]
         evaluator = COCOEvaluator(args.data, label_to_category_id=label_mapping(model, dataset, by_position=args.map_classes_by_position),
-                                  class_names=dataset.class_names, iou_types=args.iou_types)
+                                  class_names=dataset.class_names, iou_types=iou_types)
     except (OSError, ValueError, RuntimeError, DataError) as e:
         print(f"maskrcnn eval: {e}", file=sys.stderr)
         return 2

@@ -170,6 +170,9 @@ class InferenceGraph(nn.Module):
         if unsupported:
             raise NotImplementedError(f"the export implements the default RoIAlign, per-class sigmoid FCN mask head; "
                                       f"this model has {', '.join(unsupported)}")
+        if model.roi_heads.has_keypoints:
+            # rather than a graph that silently drops them
+            raise NotImplementedError("the export has no keypoint branch yet: export a model without keypoints")
         if getattr(model.rpn.anchor_generator, "offset", None) is not None:
             raise NotImplementedError("the export implements torchvision's anchor grid, not Detectron2's offset one")
         # A copy, contiguous (channels-last strides mean nothing to ONNX and slow the tracing)

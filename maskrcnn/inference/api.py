@@ -60,6 +60,9 @@ class Result:
     class_names: R names (the label number as text when the model has no names);
     masks: bool (R, H, W), or float32 probabilities in [0, 1] when predicted with
     mask_threshold=None, or None for a model without a mask branch.
+    keypoints: float32 (R, P, 3) (x, y, 1) and keypoint_scores: float32 (R, P) (heatmap
+    logits) for a model with a keypoint branch, else None; `skeleton` ([i, j] 1-based pairs)
+    and `keypoint_names` come from the model, for draw().
     """
 
     boxes: Tensor
@@ -76,6 +79,10 @@ class Result:
     # label -> COCO category id for to_coco() (None: the label is the id)
     category_ids: Mapping[int, int] | Sequence[int] | None = field(default=None, repr=False)
     image: Tensor | None = field(default=None, repr=False)  # float32 (3, H, W), for draw()
+    keypoints: Tensor | None = field(default=None, repr=False)
+    keypoint_scores: Tensor | None = field(default=None, repr=False)
+    keypoint_names: list[str] | None = field(default=None, repr=False)
+    skeleton: list[list[int]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -105,12 +112,13 @@ class Result:
 
     def to_coco(self, image_id: Any = 0, category_ids: Mapping | Sequence | None = None) -> list[dict]:
         """COCO results entries ({"image_id", "category_id", "bbox" xywh, "score",
-        "segmentation" compressed RLE, "area"}), ready for `COCO.loadRes` / json.dump.
+        "segmentation" compressed RLE, "area"}, and "keypoints" [x, y, v, ...] for a keypoint
+        model), ready for `COCO.loadRes` / json.dump.
         category_ids maps labels to COCO category ids (dict, or sequence indexed by label);
         default: the model's own mapping, else the label itself."""
         return to_coco_results(
             image_id, self.boxes, self.scores, self.labels, self.binary_masks,
-            self.category_ids if category_ids is None else category_ids,
+            self.category_ids if category_ids is None else category_ids, keypoints=self.keypoints,
         )
 
     def draw(self, image: ImageSource | None = None, **options: Any) -> Image.Image:
@@ -120,6 +128,8 @@ class Result:
             if self.image is None:
                 raise ValueError("this result keeps no image; pass the image to draw on")
             image = self.image
+        if self.keypoints is not None:
+            options = {"keypoints": self.keypoints, "skeleton": self.skeleton, **options}
         return draw_instances(image, self.boxes, self.labels, self.scores, self.masks,
                               self.label_names, **options)
 
@@ -329,7 +339,16 @@ class Predictor:
             class_names=names, masks=masks, image_size=(int(image.shape[-2]), int(image.shape[-1])),
             source=source, mask_threshold=mask_threshold, label_names=label_names,
             category_ids=self.category_ids, image=image.cpu() if keep_image else None,
+            **self._keypoint_fields(det),
         )
+
+    def _keypoint_fields(self, det) -> dict:
+        if getattr(det, "keypoints", None) is None:
+            return {}
+        config = getattr(self.model, "config", None)
+        return dict(keypoints=det.keypoints.float().cpu(), keypoint_scores=det.keypoint_scores.float().cpu(),
+                    keypoint_names=getattr(config, "keypoint_names", None),
+                    skeleton=getattr(config, "keypoint_skeleton", None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,8 +373,9 @@ def load_model(
         (`maskrcnn.device.resolve_device`; an unavailable one is a DeviceError, a ValueError).
     precision: "fp32", "bf16" (CPU or CUDA) or "fp16" (CUDA only): convolutions and matrix
         products under that autocast, box decoding, NMS and the paste in float32.
-    variant: "v1" / "v2" / "faster" / "faster_v2" for torchvision files (default: read from the
-        state dict's layout; Faster R-CNN results have no masks).
+    variant: "v1" / "v2" / "faster" / "faster_v2" / "keypoint" for torchvision files (default:
+        read from the state dict's layout; Faster R-CNN results have no masks, Keypoint R-CNN's
+        have keypoints instead).
     class_names: names of labels 1..K-1 (default: the checkpoint's; COCO's for torchvision
         checkpoints with 91 classes).
     category_ids: label -> COCO category id for `Result.to_coco` (default: the native

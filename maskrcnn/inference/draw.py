@@ -115,6 +115,10 @@ def draw_instances(
     show_labels: bool = True,
     color_by: str = "class",
     legend: bool = False,
+    keypoints=None,
+    skeleton: Sequence[Sequence[int]] | None = None,
+    keypoint_scores=None,
+    keypoint_thresh: float | None = None,
 ) -> Image.Image:
     """Draw one image's detections; returns an RGB PIL image of the input's size (wider by
     the legend panel when `legend=True`).
@@ -130,6 +134,9 @@ def draw_instances(
     color_by: "class" (default: colour k of `instance_colors` for label k, the same in every
         image) or "instance" (colour i for the i-th detection).
     legend: add a panel on the right with a colour swatch and name per class shown.
+    keypoints: float (R, P, 3) (x, y, v) or None: a dot per keypoint with v > 0 (and, given
+        keypoint_scores (R, P) and keypoint_thresh, a score >= it), and a line for each
+        `skeleton` pair ([i, j], 1-based as COCO's) whose two keypoints are both drawn.
 
     Pixels of the image change only inside masks, on box lines and under captions.
     """
@@ -160,6 +167,8 @@ def draw_instances(
         out = _blend_masks(rgb, binary, scores_np, colors, alpha, line)
 
     canvas = Image.fromarray(out)
+    if keypoints is not None and num:
+        _draw_keypoints(ImageDraw.Draw(canvas), keypoints, keypoint_scores, keypoint_thresh, skeleton, colors, line)
     if num and (show_boxes or show_labels):
         finite = np.isfinite(boxes_np).all(axis=1)  # nothing sensible to draw otherwise, and PIL would raise
         draw = ImageDraw.Draw(canvas)
@@ -318,3 +327,22 @@ def add_legend(canvas: Image.Image, labels, class_names: Sequence[str] | Mapping
         draw.rectangle((x, y, x + swatch - 1, y + swatch - 1), fill=color, outline=(0, 0, 0))
         draw.text((x + swatch + 4, y), name, font=font, fill=(0, 0, 0))
     return out
+
+
+def _draw_keypoints(draw: ImageDraw.ImageDraw, keypoints, scores, thresh, skeleton, colors: np.ndarray, line: int) -> None:
+    """Skeleton lines in the instance's color, then keypoint dots (white-ringed, so they show
+    on the instance's own mask)."""
+    points = _np(keypoints).astype(np.float64)
+    if points.ndim != 3 or points.shape[0] != len(colors) or points.shape[2] != 3:
+        raise ValueError(f"expected keypoints of shape ({len(colors)}, P, 3), got {points.shape}")
+    shown = (points[..., 2] > 0) & np.isfinite(points[..., :2]).all(-1)
+    if scores is not None and thresh is not None:
+        shown &= _np(scores).reshape(points.shape[:2]) >= thresh
+    radius = line + 1
+    for i in range(points.shape[0]):
+        color = tuple(int(c) for c in colors[i])
+        for a, b in skeleton or []:
+            if 1 <= a <= points.shape[1] and 1 <= b <= points.shape[1] and shown[i, a - 1] and shown[i, b - 1]:
+                draw.line([tuple(points[i, a - 1, :2]), tuple(points[i, b - 1, :2])], fill=color, width=line)
+        for x, y in points[i, shown[i], :2]:
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=color, outline=(255, 255, 255))

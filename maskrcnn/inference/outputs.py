@@ -129,11 +129,14 @@ def to_coco_results(
     category_ids: Mapping | Sequence | None = None,
     *,
     mask_threshold: float = 0.5,
+    keypoints: ArrayLike | None = None,
 ) -> list[dict]:
     """One image's detections -> COCO results entries (the format `COCO.loadRes` reads).
 
     Each entry: {"image_id", "category_id", "bbox": [x, y, w, h], "score"} plus, when masks
-    are given, "segmentation" (compressed RLE, counts as str) and "area" (mask pixel count).
+    are given, "segmentation" (compressed RLE, counts as str) and "area" (mask pixel count);
+    when keypoints (R, P, 3) are given, "keypoints" [x1, y1, v1, ...] (COCO's keypoint results;
+    the score is the box's, as torchvision's and Detectron2's evaluations use).
     category_ids maps a model label to a COCO category id (a dict, or a sequence indexed by
     label); None keeps the label. Note: pycocotools' loadRes recomputes "area" from "bbox"
     whenever a bbox is present, so a mask evaluation that wants mask areas for the
@@ -157,6 +160,12 @@ def to_coco_results(
             raise ValueError(f"expected ({num}, H, W) masks, got shape {masks_np.shape}")
         rles = masks_to_rles(masks_np)
         areas = masks_np.sum(axis=(1, 2))
+    keypoints_np = None
+    if keypoints is not None:
+        keypoints_np = _to_numpy(keypoints).astype(np.float64)
+        if keypoints_np.ndim != 3 or keypoints_np.shape[0] != num or keypoints_np.shape[2] != 3:
+            raise ValueError(f"expected ({num}, P, 3) keypoints, got shape {keypoints_np.shape}")
+        keypoints_np = keypoints_np.reshape(num, keypoints_np.shape[1] * 3)
     if isinstance(image_id, (np.generic, Tensor)):
         image_id = image_id.item()
     category_of = _category_lookup(category_ids)
@@ -172,6 +181,8 @@ def to_coco_results(
         if rles is not None:
             entry["segmentation"] = rles[i]
             entry["area"] = int(areas[i])
+        if keypoints_np is not None:
+            entry["keypoints"] = [float(v) for v in keypoints_np[i]]
         results.append(entry)
     return results
 

@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay images")
     p.add_argument("--legend", action="store_true",
                    help="overlays get a legend panel on the right (not video frames: their size stays fixed)")
-    p.add_argument("--variant", choices=("v1", "v2", "faster", "faster_v2"),
-                   help="layout of a torchvision checkpoint (default: inferred; faster*: Faster R-CNN, no masks)")
+    p.add_argument("--variant", choices=("v1", "v2", "faster", "faster_v2", "keypoint"),
+                   help="layout of a torchvision checkpoint (default: inferred; faster*: Faster R-CNN, no masks;"
+                        " keypoint: Keypoint R-CNN)")
     p.add_argument("--coco-ann", type=Path, metavar="ANN.json",
                    help="take image ids (matched by file name) and category ids (matched by class "
                         "name) from this COCO annotation file, so results.json evaluates against it")

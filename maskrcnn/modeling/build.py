@@ -20,6 +20,7 @@ from .config_checks import check_model_config
 from .layers import NormFactory, freeze_batch_norm, norm_factory
 from .mask_rcnn import MaskRCNN
 from .roi_heads.box_head import BoxHead, BoxPredictor
+from .roi_heads.keypoint_head import keypoint_branch
 from .roi_heads.mask_head import MaskHead, MLPMaskHead
 from .roi_heads.res5_head import Res5RoIHeads
 from .roi_heads.roi_heads import RoIHeads
@@ -99,6 +100,11 @@ class ModelConfig:
     backbone_norm: str = "frozen_bn"  # as published; "bn", "sync_bn" (synchronized under DDP) or "gn" train
     head_norm: str | None = None  # FPN and head convs: None = the variant's ("none" v1, "bn" v2); "bn" / "sync_bn" / "gn"
     gn_groups: int = 32  # groups of every GroupNorm (32 as Wu & He 2018; must divide each layer's width)
+    # Keypoint R-CNN (torchvision's keypointrcnn_resnet50_fpn: mask_on=False, num_keypoints=17)
+    num_keypoints: int = 0  # > 0: a keypoint branch with that many keypoints per instance
+    keypoint_head_channels: int = 512
+    keypoint_names: list[str] | None = None  # COCO category "keypoints": for outputs and flips
+    keypoint_skeleton: list[list[int]] | None = None  # COCO "skeleton": 1-based keypoint pairs
 
     def __post_init__(self) -> None:
         check_model_config(self)  # every option range-checked; ModelConfigError names it
@@ -111,11 +117,15 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown model option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = {k: tuple(v) if isinstance(v, list) and k != "class_names" else v for k, v in values.items()}
+        values = {k: tuple(v) if isinstance(v, list) and k not in _LIST_OPTIONS else v for k, v in values.items()}
         return cls(**values)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# options kept as lists (the rest of a JSON config's lists are tuples)
+_LIST_OPTIONS = ("class_names", "keypoint_names", "keypoint_skeleton")
 
 
 # RoI feature extractors by `ModelConfig.roi_extractor`; each is called as roi_align is.
@@ -216,6 +226,7 @@ def build_model(config: ModelConfig) -> MaskRCNN:
                                    background_last=config.background_last),
         mask_pooler=mask_pooler,
         mask_head=mask_head,
+        **keypoint_branch(config, pooler, head_norm),
         fg_iou_thresh=config.box_fg_iou_thresh,
         bg_iou_thresh=config.box_bg_iou_thresh,
         batch_size_per_image=config.box_batch_size_per_image,

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.boxes import clip_boxes, remove_small_boxes
+from ..ops.keypoints import scale_keypoints
 from ..ops.masks import paste_masks as paste_masks_in_image
 from ..ops.masks import paste_masks_detectron2
 from ..structures import Detections, ImageList, MaskRCNNOutput
@@ -110,7 +111,9 @@ class MaskRCNN(nn.Module):
         resized alike (never modified in place)."""
         images = check_images(images)
         if targets is not None:
-            check_targets(images, targets, self.num_classes, self.first_label, need_masks=self.roi_heads.has_mask)
+            check_targets(images, targets, self.num_classes, self.first_label,
+                          masks=self.roi_heads.has_mask,
+                          num_keypoints=self.roi_heads.keypoint_head.num_keypoints if self.roi_heads.has_keypoints else 0)
             if self.first_label != 1:
                 # the heads count classes from 1 (0 is their background)
                 targets = [{**t, "labels": t["labels"] + (1 - self.first_label)} for t in targets]
@@ -172,18 +175,24 @@ class MaskRCNN(nn.Module):
         for det, resized, original in zip(detections, resized_sizes, original_sizes):
             boxes = scale_boxes(det.boxes, resized, original)
             scores, labels, masks = det.scores, det.labels, det.masks
+            keypoints, keypoint_scores = det.keypoints, det.keypoint_scores
+            if keypoints is not None:
+                keypoints = scale_keypoints(keypoints, resized, original)
             if self.clip_output_boxes:
                 boxes = clip_boxes(boxes, original)
                 keep = remove_small_boxes(boxes, 0.0)
                 if not keep.all():
                     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
                     masks = masks[keep] if masks is not None else None
+                    if keypoints is not None:
+                        keypoints, keypoint_scores = keypoints[keep], keypoint_scores[keep]
             if masks is not None and paste_masks:
                 paste = paste_masks_detectron2 if self.mask_paste == "detectron2" else paste_masks_in_image
                 masks = paste(masks, boxes, original, threshold=mask_threshold)
             if self.first_label != 1:
                 labels = labels - (1 - self.first_label)
-            out.append(Detections(boxes=boxes, scores=scores, labels=labels, masks=masks))
+            out.append(Detections(boxes=boxes, scores=scores, labels=labels, masks=masks,
+                                  keypoints=keypoints, keypoint_scores=keypoint_scores))
         return out
 
 
@@ -210,13 +219,15 @@ def check_images(images: list[Tensor]) -> list[Tensor]:
 
 
 def check_targets(images: list[Tensor], targets: list[dict[str, Tensor]], num_classes: int,
-                  first_label: int = 1, need_masks: bool = True) -> None:
-    """need_masks=False (a model without a mask branch): "masks" may be left out; given, they
-    are still checked."""
+                  first_label: int = 1, *, masks: bool = True, num_keypoints: int = 0) -> None:
+    """masks: the model has a mask branch (targets need "masks"; given without one, they are
+    still checked); num_keypoints: the keypoint branch's P (targets need "keypoints" (G, P, 3));
+    0 without one."""
     if len(targets) != len(images):
         raise ValueError(f"got {len(images)} images but {len(targets)} targets")
+    required = ("boxes", "labels") + (("masks",) if masks else ()) + (("keypoints",) if num_keypoints else ())
     for i, (image, target) in enumerate(zip(images, targets)):
-        for key in ("boxes", "labels", "masks") if need_masks else ("boxes", "labels"):
+        for key in required:
             if key not in target:
                 raise ValueError(f"target {i} has no '{key}' (keys: {sorted(target)})")
         boxes, labels = target["boxes"], target["labels"]
@@ -226,9 +237,13 @@ def check_targets(images: list[Tensor], targets: list[dict[str, Tensor]], num_cl
         g = boxes.shape[0]
         if labels.shape != (g,) or labels.is_floating_point():
             raise ValueError(f"target {i}: labels must be an int64 ({g},) tensor, got {labels.dtype} {tuple(labels.shape)}")
-        masks = target.get("masks")
-        if masks is not None and masks.shape != (g, h, w):
-            raise ValueError(f"target {i}: masks must be ({g}, {h}, {w}) to match the boxes and the image, got {tuple(masks.shape)}")
+        if target.get("masks") is not None and target["masks"].shape != (g, h, w):
+            raise ValueError(f"target {i}: masks must be ({g}, {h}, {w}) to match the boxes and the image, got {tuple(target['masks'].shape)}")
+        if num_keypoints:
+            kp = target["keypoints"]
+            if kp.shape != (g, num_keypoints, 3) or not kp.is_floating_point():
+                raise ValueError(f"target {i}: keypoints must be a float ({g}, {num_keypoints}, 3) tensor "
+                                 f"(x, y, visibility per keypoint), got {kp.dtype} {tuple(kp.shape)}")
         if g == 0:
             continue
         if not torch.isfinite(boxes).all():

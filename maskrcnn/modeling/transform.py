@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.masks import chunk_ranges
+from ..ops.keypoints import scale_keypoints
 from ..structures import ImageList
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -221,6 +222,8 @@ class ImageTransform(nn.Module):
     def _resize_target(target: dict[str, Tensor], old: tuple[int, int], new: tuple[int, int]) -> dict[str, Tensor]:
         target = dict(target)  # never mutate the caller's dict
         target["boxes"] = scale_boxes(target["boxes"], old, new)
+        if "keypoints" in target:
+            target["keypoints"] = scale_keypoints(target["keypoints"], old, new)
         if "masks" in target and target["masks"].shape[0] > 0:
             # a chunk of masks at a time as float: 3,000 instances at 512 px would be 3 GB at once
             masks = target["masks"]

@@ -1,4 +1,4 @@
-"""Second stage: sample RoIs from the proposals, run the box and mask branches, compute their
+"""Second stage: sample RoIs from the proposals, run the box, mask and keypoint branches, compute their
 losses (training targets given) and/or turn their outputs into detections.
 
 Shape shorthand: N images, Ri proposals of image i, K classes including background, M = 28.
@@ -12,6 +12,7 @@ from ...ops import BoxCoder, MultiScaleRoIAlign, batched_nms
 from ...structures import Detections
 from ..matcher import BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD, Matcher, crowd_mask, match_to_gt, sample_balanced
 from .box_head import BoxHead, BoxPredictor, box_losses, postprocess_boxes
+from .keypoint_head import KeypointHead, decode_keypoints, keypoint_loss
 from .mask_head import MaskHead, mask_loss, mask_probabilities, select_class
 
 
@@ -21,7 +22,8 @@ class RoIHeads(nn.Module):
         -> (detections, losses)
 
     detections (when wanted): one `Detections` per image in resized-image coordinates, masks as
-    (D, M, M) probabilities of each box's class (None without a mask branch).
+    (D, M, M) probabilities of each box's class (None without a mask branch), keypoints (D, P, 3)
+    and their scores (D, P) (None without a keypoint branch).
     `nms(boxes, scores, groups, iou_threshold) -> kept indices` is set by the builder, so an
     export can swap in its own operator.
     """
@@ -34,6 +36,8 @@ class RoIHeads(nn.Module):
         box_predictor: BoxPredictor,
         mask_pooler: MultiScaleRoIAlign | None = None,
         mask_head: MaskHead | None = None,
+        keypoint_pooler: MultiScaleRoIAlign | None = None,
+        keypoint_head: KeypointHead | None = None,
         fg_iou_thresh: float = 0.5,
         bg_iou_thresh: float = 0.5,
         batch_size_per_image: int = 512,
@@ -59,6 +63,8 @@ class RoIHeads(nn.Module):
         self.box_predictor = box_predictor
         self.mask_pooler = mask_pooler
         self.mask_head = mask_head
+        self.keypoint_pooler = keypoint_pooler
+        self.keypoint_head = keypoint_head
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
@@ -70,6 +76,10 @@ class RoIHeads(nn.Module):
     @property
     def has_mask(self) -> bool:
         return self.mask_head is not None
+
+    @property
+    def has_keypoints(self) -> bool:
+        return self.keypoint_head is not None
 
     def forward(
         self,
@@ -104,15 +114,19 @@ class RoIHeads(nn.Module):
             self.score_thresh if score_thresh is None else score_thresh,
             self.nms_thresh, self.detections_per_img, min_size=self.min_size, nms=self.nms,
         )
-        if not self.has_mask:
-            return [Detections(boxes=b, scores=s, labels=l) for b, s, l in results]
+        detections = [Detections(boxes=b, scores=s, labels=l) for b, s, l in results]
         boxes = [r[0] for r in results]
-        labels = torch.cat([r[2] for r in results])
-        mask_probs = mask_probabilities(self.mask_head(self.mask_pooler(features, boxes)), labels,
-                                        self.mask_head.first_class, self.mask_loss)
-        counts = [b.shape[0] for b in boxes]
-        return [Detections(boxes=b, scores=s, labels=l, masks=m)
-                for (b, s, l), m in zip(results, mask_probs.split(counts))]
+        if self.has_mask:
+            labels = torch.cat([r[2] for r in results])
+            mask_probs = mask_probabilities(self.mask_head(self.mask_pooler(features, boxes)), labels,
+                                            self.mask_head.first_class, self.mask_loss)
+            for det, m in zip(detections, mask_probs.split([b.shape[0] for b in boxes])):
+                det.masks = m
+        if self.has_keypoints:
+            logits = self.keypoint_head(self.keypoint_pooler(features, boxes))
+            for det, k, s in zip(detections, *decode_keypoints(logits, boxes)):
+                det.keypoints, det.keypoint_scores = k, s
+        return detections
 
     def mask_logits(self, features: list[Tensor], boxes: list[Tensor], labels: Tensor) -> Tensor:
         """(sum Di, M, M) mask logits of each box's own class."""
@@ -157,9 +171,9 @@ class RoIHeads(nn.Module):
         box_features = self.box_head(self.box_pooler(features, props))
         class_logits, deltas = self.box_predictor(box_features)
         losses = box_losses(class_logits, deltas, torch.cat(labels), torch.cat(reg_targets))
+        # The mask and keypoint branches train on positive RoIs only, against the matched gt.
+        positive = [torch.nonzero(l > 0).squeeze(1) for l in labels]
         if self.has_mask:
-            # The mask branch trains on positive RoIs only, against the matched gt mask.
-            positive = [torch.nonzero(l > 0).squeeze(1) for l in labels]
             pos_props = [p[i] for p, i in zip(props, positive)]
             pos_labels = torch.cat([l[i] for l, i in zip(labels, positive)])
             pos_matched = [m[i] for m, i in zip(matched_idxs, positive)]
@@ -167,4 +181,15 @@ class RoIHeads(nn.Module):
             mask_logits = self.mask_head(self.mask_pooler(features, pos_props))
             losses["loss_mask"] = mask_loss(mask_logits, pos_labels, pos_props, gt_masks, pos_matched,
                                             self.mask_head.first_class, self.mask_loss)
+        if self.has_keypoints:
+            # Of the positives, those whose gt has a labelled keypoint (persons, not other
+            # classes): the rest have no valid heatmap, so the loss (torchvision's, a mean over
+            # the valid heatmaps) is the same without them.
+            gt_keypoints = [target["keypoints"][~crowd_mask(target)] for target in targets]
+            labelled = [(kp[..., 2] > 0).any(dim=1) for kp in gt_keypoints]
+            kp_rois = [i[has[m[i]]] for i, has, m in zip(positive, labelled, matched_idxs)]
+            kp_props = [p[i] for p, i in zip(props, kp_rois)]
+            kp_matched = [m[i] for m, i in zip(matched_idxs, kp_rois)]
+            logits = self.keypoint_head(self.keypoint_pooler(features, kp_props))
+            losses["loss_keypoint"] = keypoint_loss(logits, kp_props, gt_keypoints, kp_matched)
         return losses
