@@ -15,6 +15,21 @@ heads, 128 px) with seeded output layers spread so it returns detections with ma
 trained one, on 128x128 images of the synthetic shapes data; "r50" is Mask R-CNN R50-FPN v1
 on the torchvision parity fixture's recipe weights (as benchmarks/inference_cpu.py), on
 coffee.png (resized by the model to 800 x 1200).
+
+Measured 2026-12-02 on the 2-core CI machine class while ~5 other sessions shared it (load
+average 13-18, so absolutes are several times slower than a quiet machine), --threads 2:
+
+    model   clients  req/s on / off        p50 on / off (ms)   p95 on / off (ms)
+    shapes     1     3.52 / 3.29  (1.07x)      286 /    279        420 /    614
+    shapes     4     7.96 / 5.08  (1.57x)      433 /    906        956 /   1305
+    shapes     8     7.13 / 4.36  (1.64x)      946 /   1837       1829 /   3957
+    r50        1     0.04 / 0.05  (0.90x)    24666 /  22381      25632 /  23618
+    r50        4     0.04 / 0.04  (0.90x)   109776 /  94553     110112 /  97330
+    r50        8     0.04 / 0.04  (1.01x)   134826 / 138541     219582 / 220906
+
+Batching (mean batch 3.1 at 4 clients, 4.0 at 8) pays for the small model, whose per-call
+overhead is a large share; R50 on the CPU gains nothing (its convolutions already fill both
+cores, as DEFAULT_BATCH_SIZE in inference/api.py notes), within this machine's noise.
 """
 from __future__ import annotations
 
