@@ -128,25 +128,31 @@ def draw_overlays(model, annotations: Path, out_dir: Path, count: int, score_thr
         image, target = dataset[index]
         det = model([image], score_thresh=score_thresh).detections[0]
         path = out_dir / f"{target['image_id']:06d}.png"
-        write_image(path, ground_truth_beside_prediction(image, target, det, names))
+        write_image(path, ground_truth_beside_prediction(image, target, det, names, skeleton=dataset.keypoint_skeleton))
         paths.append(path)
     return paths
 
 
 def ground_truth_beside_prediction(image: torch.Tensor, target: dict, det, class_names: list[str],
-                                   scale: int = 3) -> Image.Image:
+                                   scale: int = 3, skeleton=None) -> Image.Image:
     """[ground truth | prediction | legend], titled, drawn on a `scale`x nearest-neighbour
-    enlargement (128 px is tiny on a screen; the pixels stay crisp, the captions readable)."""
+    enlargement (128 px is tiny on a screen; the pixels stay crisp, the captions readable).
+    Keypoints (a keypoint model's data) are drawn with their `skeleton` on both sides."""
     from ..inference.draw import add_legend, draw_instances
 
     def big(x: torch.Tensor) -> torch.Tensor:
         return x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
 
     enlarged = big(image)
+    def points(kp):  # (R, P, 3) scaled as the image; visibility kept
+        return None if kp is None else kp * torch.tensor([scale, scale, 1.0])
+
     truth = draw_instances(enlarged, target["boxes"] * scale, target["labels"], None,
-                           big(target["masks"].bool()), class_names)
+                           big(target["masks"].bool()) if "masks" in target else None, class_names,
+                           keypoints=points(target.get("keypoints")), skeleton=skeleton)
     predicted = draw_instances(enlarged, det.boxes * scale, det.labels, det.scores,
-                               None if det.masks is None else big(det.masks >= 0.5), class_names)
+                               None if det.masks is None else big(det.masks >= 0.5), class_names,
+                               keypoints=points(getattr(det, "keypoints", None)), skeleton=skeleton)
     title_h = 18
     canvas = Image.new("RGB", (truth.width * 2, truth.height + title_h), (255, 255, 255))
     canvas.paste(truth, (0, title_h))
