@@ -93,6 +93,8 @@ class Detection(BaseModel):
     label: int
     class_name: str
     mask: Mask | None = Field(description="null for a model without a mask branch")
+    keypoints: list[list[float]] | None = Field(
+        default=None, description="a keypoint model's [x, y, score] per keypoint, in the image's pixels")
 
 
 class PredictResponse(BaseModel):
@@ -222,6 +224,10 @@ class _Service:
             for box, score, label, name_, rle in zip(result.boxes.tolist(), result.scores.tolist(),
                                                      result.labels.tolist(), result.class_names, rles)
         ]
+        if result.keypoints is not None:  # [x, y, score] per keypoint (a keypoint model)
+            points = torch.cat([result.keypoints[..., :2], result.keypoint_scores[..., None]], dim=-1)
+            for det, kp in zip(detections, points.tolist()):
+                det["keypoints"] = kp
         height, width = result.image_size
         now = time.perf_counter()
         timing = {k: round(v * 1000, 3) for k, v in {**timing, "encode": now - encode_start, "total": now - start}.items()}

@@ -14,11 +14,13 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from inference_helpers import make_image
 from serve_helpers import encode, make_client
 
+from maskrcnn import build_preset
 from maskrcnn.inference import Predictor
 from maskrcnn.inference.outputs import rle_to_mask
 from maskrcnn.serve import ServeSettings, create_app
@@ -345,3 +347,25 @@ def test_bad_settings_are_refused():
         ServeSettings(queue_size=0)
     with pytest.raises(ValueError, match="timeout_s"):
         ServeSettings(timeout_s=0)
+
+
+def test_a_keypoint_model_answers_with_its_keypoints():
+    """A Keypoint R-CNN's answer carries each detection's [x, y, score] per keypoint, the
+    Predictor's own keypoints and keypoint scores."""
+    torch.manual_seed(0)
+    model = build_preset("maskrcnn_resnet18_small", num_classes=2, class_names=["square"], mask_on=False,
+                         num_keypoints=3, keypoint_head_channels=16, min_size=128, max_size=128,
+                         rpn_post_nms_top_n_test=50, box_detections_per_img=5)
+    with torch.no_grad():  # untrained heads score every box ~1/K: lift the one class above 0.5
+        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([0.0, 3.0]))
+    predictor = Predictor(model.eval())
+    image = make_image(0)
+    with make_client(predictor) as keypoint_client:
+        response = keypoint_client.post("/v1/predict", content=encode(image))
+    assert response.status_code == 200, response.text
+    dets = response.json()["detections"]
+    [expected] = predictor.predict(image, score_threshold=0.5, mask_threshold=0.5)
+    assert len(dets) == len(expected) > 0
+    for d, kp, ks in zip(dets, expected.keypoints.tolist(), expected.keypoint_scores.tolist()):
+        assert d["mask"] is None
+        assert d["keypoints"] == [[x, y, s] for (x, y, _), s in zip(kp, ks)]
