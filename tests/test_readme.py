@@ -55,6 +55,14 @@ HOW = {
     ("Detectron2 weights, same outputs", "import torch"): "run",
     ("Predict on images", "from maskrcnn import load_model"): "run",
     ("Predict on images", "maskrcnn predict photos/"): "run",
+    ("Predict on images", 'for r in model.predict(["photos/", "clip.mp4"], stream=True)'): "run",
+    ("Serve over HTTP", 'pip install -e ".[serve]"'):
+        "skip: installs from the network and starts a server that runs until stopped; tests/serve/test_cli.py "
+        "starts the same `maskrcnn serve` and posts to it as the curl lines do",
+    ("The paper's variants", "import torch"): "run",
+    ("Backbones, norm layers and the C4 model", "import torch"): "slow",
+    ("Keypoint R-CNN", "maskrcnn demo --keypoints"):
+        "skip: minutes of training; tests/engine/test_keypoint_training.py runs the same demo, shortened",
     ("Export to ONNX", 'pip install -e ".[onnx]"'): "skip: installs from the network",
     ("Export to ONNX", "maskrcnn export --weights model.safetensors"): "slow",
     ("Export to ONNX", "import maskrcnn"): "slow",
@@ -127,6 +135,10 @@ def workspace(tmp_path_factory) -> Path:
     for path in ("a.jpg", "photos/b.png", "more/c.jpg", "more/d.jpg"):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(root / path)
+    if _has_pyav():  # a 3-frame clip for the streaming example
+        from maskrcnn.io.video import write_video
+
+        write_video(root / "clip.mp4", [rng.integers(0, 255, (64, 80, 3), dtype=np.uint8) for _ in range(3)], fps=5)
     state = {k: v.numpy() for k, v in small_detectron2_state_dict().items()}
     (root / "model_final_f10217.pkl").write_bytes(pickle.dumps({"model": state}))
     for i in range(4):  # the training split has both classes; validation only "dog"
@@ -145,6 +157,12 @@ def workspace(tmp_path_factory) -> Path:
     )
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
     return root
+
+
+def _has_pyav() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("av") is not None
 
 
 def _run_section(section: str, workspace: Path, which: str, monkeypatch) -> None:
@@ -167,6 +185,8 @@ def _run_section(section: str, workspace: Path, which: str, monkeypatch) -> None
 
 
 def test_predict_section(workspace, monkeypatch):
+    if not _has_pyav():
+        pytest.skip("the streaming example reads clip.mp4: needs PyAV (the [video] extra)")
     _run_section("Predict on images", workspace, "run", monkeypatch)
     out = workspace / "out"
     assert json.loads((out / "results.json").read_text()) is not None
@@ -176,6 +196,15 @@ def test_predict_section(workspace, monkeypatch):
 
 def test_detectron2_section(workspace, monkeypatch):
     _run_section("Detectron2 weights, same outputs", workspace, "run", monkeypatch)
+
+
+def test_variants_section(workspace, monkeypatch):
+    _run_section("The paper's variants", workspace, "run", monkeypatch)
+
+
+@pytest.mark.slow
+def test_backbones_section(workspace, monkeypatch):
+    _run_section("Backbones, norm layers and the C4 model", workspace, "slow", monkeypatch)
 
 
 @pytest.mark.slow

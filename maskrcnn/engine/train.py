@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"maskrcnn train: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # `maskrcnn train ... | head`: the CLI ends quietly, as a closed pipe should
     except OSError as e:  # disk full, permission denied, read-only file system: say so, with the path
         print(f"maskrcnn train: {describe_os_error(e, e.filename) if e.filename else e.strerror or e}", file=sys.stderr)
         return 2

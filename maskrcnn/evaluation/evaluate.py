@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             dataset.verify_images()
         model = load_model_for_eval(args.weights, device)
         iou_types = args.iou_types or default_iou_types(model)
-        if not model.roi_heads.has_mask and "segm" in iou_types:
-            print("maskrcnn eval: the model has no mask branch (detection only): no segm evaluation", file=sys.stderr)
+        if not model.roi_heads.has_mask:
+            print("maskrcnn eval: the model has no mask branch: no segm evaluation", file=sys.stderr)
             iou_types = [t for t in iou_types if t != "segm"] or ["bbox"]
         evaluator = COCOEvaluator(args.data, label_to_category_id=label_mapping(model, dataset, by_position=args.map_classes_by_position),
                                   class_names=dataset.class_names, iou_types=iou_types)

@@ -114,6 +114,29 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "first_label": (_one_of(0, 1), "must be 0 or 1"),
     "clip_output_boxes": (_one_of(True, False), "must be true or false"),
     "mask_paste": (_one_of("torchvision", "detectron2"), "must be 'torchvision' or 'detectron2'"),
+    # the paper's variants (combinations are checked by build.check_head_switches)
+    "mask_on": (_one_of(True, False), "must be true or false"),
+    "roi_extractor": (_one_of("align", "pool", "warp"), "must be 'align', 'pool' or 'warp'"),
+    "mask_loss": (_one_of("sigmoid", "softmax"), "must be 'sigmoid' or 'softmax'"),
+    "class_agnostic_masks": (_one_of(True, False), "must be true or false"),
+    "mask_head": (_one_of("fcn", "mlp"), "must be 'fcn' or 'mlp'"),
+    # backbones and norm layers (divisibility by gn_groups is checked when the model is built)
+    "architecture": (_one_of("fpn", "c4"), "must be 'fpn' or 'c4'"),
+    "groups": (_int_at_least(1), "must be an integer >= 1"),
+    "width_per_group": (_int_at_least(1), "must be an integer >= 1"),
+    "backbone_norm": (_one_of("frozen_bn", "bn", "sync_bn", "gn"), "must be 'frozen_bn', 'bn', 'sync_bn' or 'gn'"),
+    "head_norm": (lambda v: v is None or v in ("none", "bn", "sync_bn", "gn"),
+                  "must be null (the variant's), 'none', 'bn', 'sync_bn' or 'gn'"),
+    "gn_groups": (_int_at_least(1), "must be an integer >= 1"),
+    # Keypoint R-CNN
+    "num_keypoints": (_int_at_least(0), "must be an integer >= 0 (0: no keypoint branch)"),
+    "keypoint_head_channels": (_int_at_least(1), "must be an integer >= 1"),
+    "keypoint_names": (lambda v: v is None or (isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v)),
+                       "must be null or a list of strings"),
+    "keypoint_skeleton": (lambda v: v is None or (isinstance(v, (list, tuple)) and all(
+                              isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(i) and i >= 1 for i in p)
+                              for p in v)),
+                          "must be null or a list of [i, j] keypoint pairs (1-based)"),
 }
 
 

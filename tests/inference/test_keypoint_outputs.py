@@ -7,7 +7,7 @@ import torch
 from maskrcnn.data import CocoDataset, hflip
 from maskrcnn.data.keypoint_shapes import KEYPOINT_NAMES, generate_keypoint_shapes_dataset
 from maskrcnn.inference.api import Result
-from maskrcnn.inference.draw import draw_instances, instance_colors
+from maskrcnn.inference.draw import class_colors, draw_instances
 from maskrcnn.inference.outputs import to_coco_results
 
 KP = torch.tensor([[[10.0, 10.0, 1.0], [30.0, 10.0, 1.0], [20.0, 30.0, 0.0]]])
@@ -28,7 +28,7 @@ def test_overlay_draws_keypoints_and_skeleton_in_the_instance_color():
     image = np.zeros((40, 40, 3), np.uint8)
     out = np.asarray(draw_instances(image, torch.tensor([[5.0, 5.0, 35.0, 35.0]]), torch.tensor([1]),
                                     keypoints=KP, skeleton=[[1, 2], [2, 3]], show_boxes=False, show_labels=False))
-    color = instance_colors(1)[0]
+    color = class_colors([1])[0]  # label 1: colours follow the class
     assert (out[10, 20] == color).all()  # on the line 1-2
     assert out[10, 10].any() and out[10, 30].any()  # the dots
     assert not out[30, 20].any() and not out[20, 25].any()  # keypoint 3 has v = 0: no dot, no line 2-3

@@ -7,8 +7,12 @@ import json
 import threading
 import urllib.request
 
+import numpy as np
+
 from inference_helpers import make_image
 from serve_helpers import encode, post_many, rss_kib, running_server
+
+from maskrcnn.inference.outputs import rle_to_mask
 
 REQUESTS, CLIENTS, WARMUP = 1000, 8, 100
 
@@ -40,9 +44,16 @@ def test_1000_requests_from_8_clients_no_errors_no_memory_growth(load_weights):
         errors = [(i, status, body[:200]) for i, (status, body, _) in enumerate(results) if status != 200]
         assert not errors, f"{len(errors)} of {REQUESTS} failed, e.g. {errors[:3]}"
         answers = [json.loads(body) for _, body, _ in results]
-        # the same image gets the same answer however it was batched
+        # the same image gets the same answer however it was batched: the same detections,
+        # numbers to float32 rounding (a batch of 4 and one of 1 run convolutions with other
+        # blockings, which moves the last bits: seen as 2 ulp in a score)
         for i, answer in enumerate(answers):
-            assert answer["detections"] == answers[i % 4]["detections"]
+            got, want = answer["detections"], answers[i % 4]["detections"]
+            assert [(d["label"], d["class_name"]) for d in got] == [(d["label"], d["class_name"]) for d in want]
+            assert np.allclose([d["box"] for d in got], [d["box"] for d in want], rtol=0, atol=1e-3)
+            assert np.allclose([d["score"] for d in got], [d["score"] for d in want], rtol=0, atol=1e-5)
+            for a, b in zip(got, want):
+                assert (rle_to_mask(a["mask"]) != rle_to_mask(b["mask"])).mean() <= 0.01
         batch_sizes = [a["batch_size"] for a in answers]
         print(f"\n{REQUESTS} requests, {CLIENTS} clients: RSS {rss_warm} KiB after warm-up, "
               f"{rss_after} KiB after ({100 * (rss_after / rss_warm - 1):+.1f} %); "
