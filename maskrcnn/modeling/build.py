@@ -147,6 +147,23 @@ def check_head_switches(config: ModelConfig) -> None:
                          "(Detectron2's layout) does not have")
 
 
+def _box_sampling_and_postprocess(config: ModelConfig) -> dict:
+    """The RoI heads' options that FPN and C4 models share: proposal matching and sampling in
+    training, box post-processing in inference."""
+    return dict(
+        fg_iou_thresh=config.box_fg_iou_thresh,
+        bg_iou_thresh=config.box_bg_iou_thresh,
+        batch_size_per_image=config.box_batch_size_per_image,
+        positive_fraction=config.box_positive_fraction,
+        bbox_reg_weights=config.bbox_reg_weights,
+        score_thresh=config.box_score_thresh,
+        nms_thresh=config.box_nms_thresh,
+        detections_per_img=config.box_detections_per_img,
+        min_size=config.box_min_size,
+        nms=batched_nms,
+    )
+
+
 def build_model(config: ModelConfig) -> MaskRCNN:
     """The whole architecture in one place."""
     if config.variant not in ("v1", "v2"):
@@ -227,16 +244,7 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         mask_pooler=mask_pooler,
         mask_head=mask_head,
         **keypoint_branch(config, pooler, head_norm),
-        fg_iou_thresh=config.box_fg_iou_thresh,
-        bg_iou_thresh=config.box_bg_iou_thresh,
-        batch_size_per_image=config.box_batch_size_per_image,
-        positive_fraction=config.box_positive_fraction,
-        bbox_reg_weights=config.bbox_reg_weights,
-        score_thresh=config.box_score_thresh,
-        nms_thresh=config.box_nms_thresh,
-        detections_per_img=config.box_detections_per_img,
-        min_size=config.box_min_size,
-        nms=batched_nms,
+        **_box_sampling_and_postprocess(config),
         mask_loss=config.mask_loss,
     )
     return _assemble(config, backbone, rpn, roi_heads)
@@ -301,16 +309,7 @@ def _res5_roi_heads(config: ModelConfig, body: ResNet, norm: NormFactory, pooler
         box_predictor=BoxPredictor(in_features=res5_channels, num_classes=config.num_classes,
                                    background_last=config.background_last),
         mask_head=mask_head,
-        fg_iou_thresh=config.box_fg_iou_thresh,
-        bg_iou_thresh=config.box_bg_iou_thresh,
-        batch_size_per_image=config.box_batch_size_per_image,
-        positive_fraction=config.box_positive_fraction,
-        bbox_reg_weights=config.bbox_reg_weights,
-        score_thresh=config.box_score_thresh,
-        nms_thresh=config.box_nms_thresh,
-        detections_per_img=config.box_detections_per_img,
-        min_size=config.box_min_size,
-        nms=batched_nms,
+        **_box_sampling_and_postprocess(config),
     )
 
 
