@@ -1,22 +1,25 @@
 """CPU inference speed of v1 Mask R-CNN R50-FPN, per stage, against the machine's FLOP floor.
 
-    python benchmarks/inference_cpu.py [--threads 2] [--runs 5] [--score-thresh 0.05]
-    python benchmarks/inference_cpu.py --backend all     # + our ONNX graph in ONNX Runtime
+    python benchmarks/inference_cpu.py [--threads 2] [--runs 5] [--score-thresh 0.05] [--precisions fp32 bf16]
+    python benchmarks/inference_cpu.py --backend all     # + every backend side by side
 
---backend onnxruntime / all also exports our model to ONNX (`maskrcnn.export_onnx`, masks
-pasted in the graph, so it does all the work of the eager row) and times it in ONNX Runtime
-with the same thread count. Run inside a venv that has torchvision (the reference venv, with
-the onnx extra installed), the same run also exports torchvision's own maskrcnn_resnet50_fpn on
-the same weights the way torchvision documents (torch.onnx.export, opset 11+, dynamo=False),
-and times it in ONNX Runtime, alternating with ours run by run so both see the same machine.
+Per precision (`model.precision`: fp32, or bf16 / fp16 under CPU autocast), a per-stage table:
+median seconds, GFLOP, and the stage's floor at that precision's measured matmul rate.
+
+--backend all then times, in one loop and run by run in turn so that all see the same machine:
+our eager model at each precision (fp32 and bf16 by default), our ONNX graph in ONNX Runtime
+(`maskrcnn.export_onnx`, masks pasted in the graph, so it does all the work of the eager rows),
+and, run inside a venv with torchvision (the reference venv, plus onnx / onnxruntime),
+torchvision's own maskrcnn_resnet50_fpn on the same weights, eager and exported the way
+torchvision documents it (torch.onnx.export, opset 17, dynamo=False) in ONNX Runtime, all with the
+same thread count. Ratios are against torchvision on ONNX Runtime, the strongest CPU peer.
 
 Weights: the torchvision parity fixture's recipe (tests/fixtures/torchvision_parity), so the
 detections (and the mask branch's work) look like a trained model's. Input: coffee.png, which the
 transform resizes to 800 x 1200 (batch 800 x 1216). The floor is the model's FLOPs (counted on this
-very run with torch.utils.flop_counter) over the measured float32 matmul rate; "x floor" is how
-many times slower than that we are. The baseline row is torchvision 0.28's own model on this
-machine class, as measured by the project (not re-measured here: torchvision has no CPU build on
-these machines).
+very run with torch.utils.flop_counter) over the measured matmul rate; "x floor" is how many times
+slower than that we are. The torchvision 0.28 row of the fp32 table is the project's earlier
+figure, kept for direction only.
 """
 from __future__ import annotations
 
@@ -44,9 +47,9 @@ TORCHVISION_REFERENCE_S = 3.5  # torchvision 0.28 maskrcnn_resnet50_fpn, 2 threa
 STAGES = ["transform", "backbone+FPN", "RPN", "box branch", "mask branch", "paste"]
 
 
-def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-    """Best float32 GEMM rate in FLOP/s on this machine with the current thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_rate(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM rate in FLOP/s on this machine with the current thread count, in `dtype`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b))[1] for _ in range(repeats))
     return 2 * n**3 / best
@@ -111,6 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", choices=("eager", "onnxruntime", "all"), default="eager",
                         help="eager: the per-stage table; onnxruntime: our ONNX graph (and torchvision's, "
                              "when installed) in ONNX Runtime; all: both")
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16", "fp16"),
+                        help="eager precisions to time (model.precision; default: fp32, and bf16 with --backend all)")
     parser.add_argument("--onnx-dir", type=Path, help="keep the exported .onnx files here (reused when present)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -121,30 +126,59 @@ def main(argv=None) -> int:
             args.json.write_text(json.dumps(figures, indent=1))
         return 0
 
-    keys = json.loads((FIXTURE / "v1_keys.json").read_text())
-    model = maskrcnn.from_torchvision(seeded_state_dict(keys), "v1", box_score_thresh=args.score_thresh)
-    array = np.array(Image.open(FIXTURE / "coffee.png").convert("RGB"))
-    image = torch.from_numpy(array).permute(2, 0, 1).float() / 255
-
+    model, image = seeded_model_and_image(args.score_thresh)
+    precisions = args.precisions or (["fp32", "bf16"] if args.backend == "all" else ["fp32"])
     with torch.no_grad():
         flops_per_stage = stage_flops(model, image)
-        flops = sum(flops_per_stage.values())
+    flops = sum(flops_per_stage.values())
+    figures = {"gflop": flops / 1e9, "stage_gflop": {k: v / 1e9 for k, v in flops_per_stage.items()},
+               "threads": args.threads, "precisions": {}}
+    floors = {}
+    for precision in precisions:
+        model.precision = precision
+        figures["precisions"][precision] = stage_table(args, model, image, flops_per_stage, precision)
+        floors[precision] = figures["precisions"][precision]["floor_s"]
+        print()
+    model.precision = "fp32"
+    if args.backend == "all":
+        figures["side_by_side"] = onnx_main(args, model=model, image=image, floors=floors, precisions=precisions)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+def seeded_model_and_image(score_thresh: float):
+    keys = json.loads((FIXTURE / "v1_keys.json").read_text())
+    model = maskrcnn.from_torchvision(seeded_state_dict(keys), "v1", box_score_thresh=score_thresh)
+    array = np.array(Image.open(FIXTURE / "coffee.png").convert("RGB"))
+    return model, torch.from_numpy(array).permute(2, 0, 1).float() / 255
+
+
+MATMUL_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def stage_table(args, model, image, flops_per_stage: dict, precision: str) -> dict:
+    """Times the model (whole, then per stage) at `model.precision`, prints the per-stage table
+    against the FLOP floor at this precision's matmul rate, and returns the figures."""
+    flops = sum(flops_per_stage.values())
+    with torch.no_grad():
         stage_times(model, image)  # warm-up
         per_run, totals = [], []
         for _ in range(args.runs):
             _, total = _timed(lambda: model([image]))
             totals.append(total)
             per_run.append(stage_times(model, image))
-    rate = matmul_rate()
+    rate = matmul_rate(dtype=MATMUL_DTYPE[precision])
     floor = flops / rate
     median_total = statistics.median(totals)
     stage_median = {k: statistics.median(t[k] for t, _ in per_run) for k in STAGES}
     detections = per_run[-1][1]
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} threads, float32; coffee.png -> 800 x 1200; {detections} detections "
-          f"(score > {args.score_thresh})")
-    print(f"model FLOPs: {flops / 1e9:.1f} GFLOP; matmul rate: {rate / 1e9:.1f} GFLOP/s; floor: {floor:.2f} s")
+          f"{args.threads} threads, {precision} ({'CPU autocast' if precision != 'fp32' else 'no autocast'}); "
+          f"coffee.png -> 800 x 1200; {detections} detections (score > {args.score_thresh})")
+    print(f"model FLOPs: {flops / 1e9:.1f} GFLOP; {precision} matmul rate: {rate / 1e9:.1f} GFLOP/s; "
+          f"floor: {floor:.2f} s")
     print()
     print(f"| {'stage':<14} | {'median s':>8} | {'share':>6} | {'GFLOP':>6} | {'floor s':>7} | {'x floor':>7} |")
     print(f"|{'-' * 16}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 9}|")
@@ -156,22 +190,15 @@ def main(argv=None) -> int:
     print()
     print(f"| {'model':<34} | {'s / image':>9} | {'x floor':>7} | {'vs ours':>7} |")
     print(f"|{'-' * 36}|{'-' * 11}|{'-' * 9}|{'-' * 9}|")
-    print(f"| {'maskrcnn (this run, median)':<34} | {median_total:9.3f} | {median_total / floor:7.2f} | {1.0:7.2f} |")
-    print(f"| {'torchvision 0.28 (reference figure)':<34} | {TORCHVISION_REFERENCE_S:9.3f} | "
-          f"{TORCHVISION_REFERENCE_S / floor:7.2f} | {TORCHVISION_REFERENCE_S / median_total:7.2f} |")
+    print(f"| {'maskrcnn ' + precision + ' (this run, median)':<34} | {median_total:9.3f} | "
+          f"{median_total / floor:7.2f} | {1.0:7.2f} |")
+    if precision == "fp32":
+        print(f"| {'torchvision 0.28 (reference figure)':<34} | {TORCHVISION_REFERENCE_S:9.3f} | "
+              f"{TORCHVISION_REFERENCE_S / floor:7.2f} | {TORCHVISION_REFERENCE_S / median_total:7.2f} |")
     print(f"| {'FLOP floor (FLOPs / matmul rate)':<34} | {floor:9.3f} | {1.0:7.2f} | {floor / median_total:7.2f} |")
-    figures = {
-        "seconds_per_image": median_total, "runs": totals, "stages": stage_median, "gflop": flops / 1e9,
-        "stage_gflop": {k: v / 1e9 for k, v in flops_per_stage.items()},
-        "matmul_gflops": rate / 1e9, "floor_s": floor, "ratio_to_floor": median_total / floor,
-        "detections": detections, "threads": args.threads,
-    }
-    if args.backend == "all":
-        print()
-        figures["onnxruntime"] = onnx_main(args, model=model, image=image, floor=floor, eager_s=median_total)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
-    return 0
+    return {"seconds_per_image": median_total, "runs": totals, "stages": stage_median,
+            "matmul_gflops": rate / 1e9, "floor_s": floor, "ratio_to_floor": median_total / floor,
+            "detections": detections}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,19 +223,23 @@ def export_ours(model, path: Path) -> Path:
     return path
 
 
-def export_torchvision(score_thresh: float, path: Path) -> Path | None:
-    """torchvision's maskrcnn_resnet50_fpn on the recipe weights, exported as torchvision
-    documents it (its test_onnx.py): the classic exporter, a list of one image, dynamic H, W."""
+def torchvision_model(score_thresh: float):
+    """torchvision's own maskrcnn_resnet50_fpn on the recipe weights, or None without torchvision."""
     try:
         from torchvision.models.detection import maskrcnn_resnet50_fpn
     except ImportError:
         return None
-    if path.is_file():
-        return path
     keys = json.loads((FIXTURE / "v1_keys.json").read_text())
     tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, box_score_thresh=score_thresh)
     tv.load_state_dict(seeded_state_dict(keys))
-    tv.eval()
+    return tv.eval()
+
+
+def export_torchvision(tv, path: Path) -> Path:
+    """torchvision's model exported as torchvision documents it (its test_onnx.py): the classic
+    exporter, a list of one image, dynamic H, W."""
+    if path.is_file():
+        return path
     start = time.perf_counter()
     example = [torch.rand(3, 400, 600)]
     torch.onnx.export(tv, (example,), str(path), opset_version=17, dynamo=False, do_constant_folding=True,
@@ -220,65 +251,74 @@ def export_torchvision(score_thresh: float, path: Path) -> Path | None:
     return path
 
 
-def onnx_main(args, *, model=None, image=None, floor=None, eager_s=None) -> dict:
+def onnx_main(args, *, model=None, image=None, floors=None, precisions=()) -> dict:
+    """Every backend in one loop, run by run in turn, so all see the same machine: our eager
+    model at each of `precisions`, our ONNX graph in ONNX Runtime, and (with torchvision
+    installed) torchvision's eager model and its ONNX export in ONNX Runtime."""
     import tempfile
 
     import onnxruntime
 
     if model is None:
-        keys = json.loads((FIXTURE / "v1_keys.json").read_text())
-        model = maskrcnn.from_torchvision(seeded_state_dict(keys), "v1", box_score_thresh=args.score_thresh)
-        array = np.array(Image.open(FIXTURE / "coffee.png").convert("RGB"))
-        image = torch.from_numpy(array).permute(2, 0, 1).float() / 255
-    if floor is None:
+        model, image = seeded_model_and_image(args.score_thresh)
+    if floors is None:
         with torch.no_grad():
-            floor = sum(stage_flops(model, image).values()) / matmul_rate()
+            floors = {"fp32": sum(stage_flops(model, image).values()) / matmul_rate()}
     folder = args.onnx_dir or Path(tempfile.mkdtemp(prefix="maskrcnn_bench_"))
     folder.mkdir(parents=True, exist_ok=True)
     tag = f"thresh{args.score_thresh:g}"
     ours = ort_session(export_ours(model, folder / f"maskrcnn_r50_fpn_paste_{tag}.onnx"), args.threads)
-    tv_path = export_torchvision(args.score_thresh, folder / f"torchvision_r50_fpn_{tag}.onnx")
-    tv = ort_session(tv_path, args.threads) if tv_path else None
+    tv_model = torchvision_model(args.score_thresh)
+    tv = None
+    if tv_model is not None:
+        tv = ort_session(export_torchvision(tv_model, folder / f"torchvision_r50_fpn_{tag}.onnx"), args.threads)
+        tv_version = __import__("torchvision").__version__
 
-    x = image[None].numpy()
-    ours_feeds = {"images": x, "image_sizes": np.array([list(image.shape[-2:])], np.int64),
-                  "score_threshold": np.array(args.score_thresh, np.float32)}
-    tv_feeds = {"images": image.numpy()}
-    runners = {"ours": lambda: ours.run(None, ours_feeds)}
+    def eager(precision):
+        def run():
+            model.precision = precision
+            with torch.no_grad():
+                return model([image]).detections[0].boxes
+        return run
+
+    feeds = {"images": image[None].numpy(), "image_sizes": np.array([list(image.shape[-2:])], np.int64),
+             "score_threshold": np.array(args.score_thresh, np.float32)}
+    runners = {f"maskrcnn eager {p}": (eager(p), p) for p in precisions}
+    runners["maskrcnn ONNX Runtime"] = (lambda: ours.run(None, feeds)[0], "fp32")
     if tv is not None:
-        runners["torchvision"] = lambda: tv.run(None, tv_feeds)
-    for run in runners.values():  # warm-up
+        def tv_eager():
+            with torch.no_grad():
+                return tv_model([image])[0]["boxes"]
+        runners[f"torchvision {tv_version} eager"] = (tv_eager, "fp32")
+        runners[f"torchvision {tv_version} ONNX Runtime"] = (lambda: tv.run(None, {"images": image.numpy()})[0], "fp32")
+    for run, _ in runners.values():  # warm-up
         run()
     times = {name: [] for name in runners}
-    outputs = {}
+    counts = {}
     for _ in range(args.runs):
-        for name, run in runners.items():  # alternating: both see the same machine
-            outputs[name], t = _timed(run)
+        for name, (run, _) in runners.items():
+            out, t = _timed(run)
             times[name].append(t)
+            counts[name] = int(out.shape[0])
+    model.precision = "fp32"
     median = {name: statistics.median(t) for name, t in times.items()}
-    counts = {"ours": int(outputs["ours"][0].shape[0])}
-    if tv is not None:
-        counts["torchvision"] = int(outputs["torchvision"][0].shape[0])
 
-    print(f"ONNX Runtime {onnxruntime.__version__}, {args.threads} threads; coffee.png -> 800 x 1200; "
-          f"detections: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (score > {args.score_thresh})")
+    print(f"side by side, run by run in turn: ONNX Runtime {onnxruntime.__version__}, torch {torch.__version__}, "
+          f"{args.threads} threads; coffee.png -> 800 x 1200; {args.runs} runs each (score > {args.score_thresh})")
     print()
-    base = median.get("torchvision")
-    print(f"| {'model':<44} | {'s / image':>9} | {'x floor':>7} | {'vs tv ORT':>9} |")
-    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 9}|{'-' * 11}|")
-    rows = []
-    if eager_s is not None:
-        rows.append(("maskrcnn eager (this run, median)", eager_s))
-    rows.append(("maskrcnn ONNX Runtime (median)", median["ours"]))
-    if base is not None:
-        rows.append((f"torchvision {__import__('torchvision').__version__} ONNX Runtime (median)", base))
-    rows.append(("FLOP floor (FLOPs / matmul rate)", floor))
-    for label, seconds in rows:
-        vs = f"{seconds / base:9.2f}" if base else f"{'-':>9}"
-        print(f"| {label:<44} | {seconds:9.3f} | {seconds / floor:7.2f} | {vs} |")
+    base = median.get(f"torchvision {tv_version} ONNX Runtime") if tv is not None else None
+    print(f"| {'model':<40} | {'s / image':>9} | {'detections':>10} | {'x floor':>7} | {'vs tv ORT':>9} |")
+    print(f"|{'-' * 42}|{'-' * 11}|{'-' * 12}|{'-' * 9}|{'-' * 11}|")
+    for name, (_, precision) in runners.items():
+        floor = floors.get(precision, floors["fp32"])
+        vs = f"{median[name] / base:9.2f}" if base else f"{'-':>9}"
+        print(f"| {name:<40} | {median[name]:9.3f} | {counts[name]:10d} | {median[name] / floor:7.2f} | {vs} |")
+    for precision, floor in floors.items():
+        print(f"| {'FLOP floor at the ' + precision + ' matmul rate':<40} | {floor:9.3f} | {'':>10} | {1.0:7.2f} | "
+              + (f"{floor / base:9.2f}" if base else f"{'-':>9}") + " |")
     if base is None:
-        print("\n(torchvision is not installed here: run in the reference venv for its ONNX Runtime row)")
-    return {"median_s": median, "runs": times, "detections": counts, "floor_s": floor, "threads": args.threads,
+        print("\n(torchvision is not installed here: run in the reference venv for its rows)")
+    return {"median_s": median, "runs": times, "detections": counts, "floors_s": floors, "threads": args.threads,
             "onnxruntime": onnxruntime.__version__}
 
 

@@ -6,7 +6,7 @@ the unique fixed point of K[i] = not any_j(S[j, i] and K[j]): K[0] is always kep
 depends only on K[j < i]. Iterating from "keep everything" settles the first t boxes after t
 steps, and usually converges in a handful of matrix steps, because suppression chains are
 short; to bound the worst case (a chain as long as the input) it is done block by block, see
-`_greedy_keep`. The result is exactly torchvision's greedy NMS (stable sort, IoU as
+`_padded_keep`. The result is exactly torchvision's greedy NMS (stable sort, IoU as
 inter / ((area_i + area_j) - inter) in the boxes' dtype, drop when IoU > threshold compared in
 double precision).
 """
@@ -17,7 +17,7 @@ from torch import Tensor
 
 
 
-# Boxes settled together by `_greedy_keep`.
+# Boxes settled together by `_padded_keep`.
 _BLOCK = 256
 # Smallest padded group size (smaller groups share one bucket).
 _MIN_BUCKET = 8
@@ -32,37 +32,51 @@ def _threshold_for_dtype(iou_threshold: float, dtype: torch.dtype) -> float:
     return t.item()
 
 
-def _greedy_keep(suppresses: Tensor, block: int | None = None) -> Tensor:
-    """suppresses: bool or 0/1 float (..., R, R), [j, i] true when j is ranked before i and
-    overlaps it.
-    Returns the bool (..., R) greedy keep mask.
+def _padded_keep(boxes: Tensor, threshold: float) -> Tensor:
+    """Greedy keep mask (G, R) of G groups of boxes (G, R, 4), each group in rank order and
+    padded at its end with zero boxes (which overlap nothing, so they never suppress a box).
 
-    Blocks of `block` boxes are settled in rank order: first every box of the block that a kept
-    box of an earlier block suppresses is dropped (one matrix product), then the block's own
-    fixed point is iterated from "keep the rest". A block settles in at most `block` + 1 steps,
-    so a long suppression chain costs O(R * block^2), not O(R^3) as one global iteration would.
-    The "any kept j suppresses i" tests are 0/1 matrix products (exact: counts far below 2^24).
+    Blocks of `_BLOCK` boxes are settled in rank order. A block's boxes are first tested against
+    the boxes kept so far (only those: they are a third to a half of an RPN level's), then the
+    block's own greedy pass is its fixed point, see `_settle`. So the IoU is computed for about
+    R * kept + R * block pairs rather than R^2, and no (G, R, R) tensor is ever built: at the
+    RPN's 2000 boxes per level that is the difference between 100 MB passes and a few MB.
     """
-    block = block or _BLOCK
-    s = suppresses.to(torch.float32)
-    num = s.shape[-1]
-    keep = torch.ones(s.shape[:-1], dtype=torch.float32, device=s.device)
-    for start in range(0, num, block):
+    groups, num, _ = boxes.shape
+    keep = torch.zeros((groups, num), dtype=torch.bool, device=boxes.device)
+    kept = boxes[:, :0]  # (G, K, 4): the kept boxes of the blocks so far, front-packed
+    for start in range(0, num, _BLOCK):
         # A loop over blocks of ranked boxes (R / block steps), not over boxes.
-        end = min(start + block, num)
-        allowed = torch.ones_like(keep[..., start:end], dtype=torch.bool)
-        if start > 0:
-            allowed = (keep[..., None, :start] @ s[..., :start, start:end])[..., 0, :] == 0
-        local = s[..., start:end, start:end]
-        block_keep = allowed.to(torch.float32)
-        while True:
-            hit = (block_keep[..., None, :] @ local)[..., 0, :] > 0
-            new_keep = (allowed & ~hit).to(torch.float32)
-            if torch.equal(new_keep, block_keep):
-                break
-            block_keep = new_keep
-        keep[..., start:end] = block_keep
-    return keep.bool()
+        block = boxes[:, start:start + _BLOCK]
+        if kept.shape[1]:
+            allowed = ~_pairwise_iou(kept, block).gt_(threshold).any(1)
+        else:
+            allowed = torch.ones(block.shape[:2], dtype=torch.bool, device=boxes.device)
+        block_keep = _settle(allowed, _pairwise_iou(block, block).gt_(threshold).triu_(1))
+        keep[:, start:start + block.shape[1]] = block_keep
+        count = int(block_keep.sum(1).max())
+        if count:  # append each group's newly kept boxes; shorter groups padded with zero boxes
+            first = torch.sort((~block_keep).to(torch.uint8), dim=1, stable=True).indices[:, :count]
+            picked = block.gather(1, first[..., None].expand(-1, -1, 4))
+            picked = torch.where(block_keep.gather(1, first)[..., None], picked, torch.zeros_like(picked))
+            kept = torch.cat([kept, picked], 1)
+    return keep
+
+
+def _settle(allowed: Tensor, suppresses: Tensor) -> Tensor:
+    """The greedy keep mask (G, B) of one block: boxes not `allowed` (suppressed by an earlier
+    block) are dropped, and suppresses[g, j, i] says j ranks before i and overlaps it. Iterated
+    from "keep every allowed box", which settles the first t boxes after t steps, so at most
+    B + 1 steps; the "any kept j suppresses i" test is a 0/1 matrix product (exact: counts far
+    below 2^24)."""
+    local = suppresses.to(torch.float32)
+    block_keep = allowed.to(torch.float32)
+    while True:
+        hit = (block_keep[..., None, :] @ local)[..., 0, :] > 0
+        new_keep = (allowed & ~hit).to(torch.float32)
+        if torch.equal(new_keep, block_keep):
+            return new_keep.bool()
+        block_keep = new_keep
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -102,25 +116,21 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
         size = int(counts[members].max())
         padded = boxes.new_zeros((members.numel(), size, 4))
         padded[rows, cols] = boxes[in_bucket]
-        # [j, i] = 1 where j ranks before i and IoU > t, made in place in the IoU tensor (the
-        # RPN's groups are 2000 boxes: each (G, R, R) pass is tens of MB). Padding slots come
-        # after a group's boxes, so they can never suppress one; no validity mask is needed.
-        suppresses = _batched_box_iou(padded).gt_(threshold).triu_(1)
-        keep[in_bucket] = _greedy_keep(suppresses)[rows, cols]
+        # Padding slots come after a group's boxes and are zero boxes: no validity mask is needed.
+        keep[in_bucket] = _padded_keep(padded, threshold)[rows, cols]
     return order[keep]
 
 
-def _batched_box_iou(boxes: Tensor) -> Tensor:
-    """(G, R, 4) -> (G, R, R) IoU within each group, same arithmetic as `box_iou` (so the same
-    bits), one coordinate at a time and in place: about half the memory traffic of (G, R, R, 2)
-    corner tensors."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    area = (x2 - x1) * (y2 - y1)
-    w = torch.minimum(x2[:, :, None], x2[:, None, :])
-    w -= torch.maximum(x1[:, :, None], x1[:, None, :])
-    h = torch.minimum(y2[:, :, None], y2[:, None, :])
-    h -= torch.maximum(y1[:, :, None], y1[:, None, :])
+def _pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """(G, M, 4) x (G, N, 4) -> (G, M, N) IoU within each group, with `box_iou`'s arithmetic
+    (so the same bits), one coordinate at a time and in place."""
+    ax1, ay1, ax2, ay2 = a.unbind(-1)
+    bx1, by1, bx2, by2 = b.unbind(-1)
+    w = torch.minimum(ax2[:, :, None], bx2[:, None, :])
+    w -= torch.maximum(ax1[:, :, None], bx1[:, None, :])
+    h = torch.minimum(ay2[:, :, None], by2[:, None, :])
+    h -= torch.maximum(ay1[:, :, None], by1[:, None, :])
     inter = w.clamp_(min=0).mul_(h.clamp_(min=0))
-    union = area[:, :, None] + area[:, None, :]
+    union = ((ax2 - ax1) * (ay2 - ay1))[:, :, None] + ((bx2 - bx1) * (by2 - by1))[:, None, :]
     union -= inter
     return inter.div_(union)

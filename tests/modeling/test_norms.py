@@ -137,3 +137,55 @@ def test_sync_bn_becomes_torch_sync_batch_norm_only_under_ddp():
     assert model.backbone.body.bn1.weight is weight  # the optimizer's parameters stay the model's
     # only the layers that asked for it: the "bn" heads keep per-process batch norm
     assert all(type(m) is nn.BatchNorm2d for m in norm_layers(model.backbone.fpn))
+
+
+def _unfolded(conv: nn.Conv2d, norm: FrozenBatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    return norm(torch.nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding))
+
+
+def test_frozen_norm_fold_is_cached_without_gradients_and_refolded_on_any_change():
+    from maskrcnn.modeling.layers import conv_norm
+
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(3, 4, 3, padding=1, bias=False), FrozenBatchNorm2d(4)
+    for buffer in (norm.weight, norm.bias, norm.running_mean):
+        buffer.normal_()
+    norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 5, 5)
+
+    def check():
+        with torch.no_grad():
+            got = conv_norm(conv, norm, x)
+        torch.testing.assert_close(got, _unfolded(conv, norm, x), rtol=1e-5, atol=1e-5)
+        return got
+
+    first = check()
+    with torch.no_grad():
+        assert torch.equal(conv_norm(conv, norm, x), first)
+        cached = norm.__dict__["_folded_cache"][1][0]
+        conv_norm(conv, norm, x)
+        assert norm.__dict__["_folded_cache"][1][0] is cached  # reused, not refolded
+        conv.weight.mul_(2.0)  # in place: the version counter moves
+    check()
+    norm.load_state_dict({k: v * 0.5 for k, v in norm.state_dict().items()})
+    check()
+    norm.eps = 0.1
+    check()
+    conv.double(), norm.double()
+    with torch.no_grad():
+        assert conv_norm(conv, norm, x.double()).dtype == torch.float64
+    # with gradients the fold is rebuilt every call, so the conv's weight gets its gradient
+    out = conv_norm(conv, norm, x.double())
+    out.sum().backward()
+    assert conv.weight.grad is not None
+
+
+def test_frozen_norm_fold_follows_the_autocast_dtype():
+    from maskrcnn.modeling.layers import conv_norm
+
+    conv, norm = nn.Conv2d(3, 4, 1, bias=False), FrozenBatchNorm2d(4)
+    x = torch.randn(1, 3, 4, 4)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert conv_norm(conv, norm, x).dtype == torch.bfloat16
+        assert conv_norm(conv, norm, x).dtype == torch.float32

@@ -84,13 +84,13 @@ def nms_block(request, monkeypatch):
 def count_padded_path(monkeypatch):
     """Counts calls to the padded per-group layout of batched_nms."""
     calls = []
-    original = nms_module._batched_box_iou
+    original = nms_module._padded_keep
 
-    def spy(boxes):
+    def spy(boxes, threshold):
         calls.append(tuple(boxes.shape))
-        return original(boxes)
+        return original(boxes, threshold)
 
-    monkeypatch.setattr(nms_module, "_batched_box_iou", spy)
+    monkeypatch.setattr(nms_module, "_padded_keep", spy)
     return calls
 
 

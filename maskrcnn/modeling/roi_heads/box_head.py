@@ -43,7 +43,7 @@ class BoxHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.convs(x).flatten(1)
         for fc in self.fcs:
-            x = torch.relu(fc(x))
+            x = torch.relu_(fc(x))
         return x
 
 

@@ -50,7 +50,7 @@ class MaskHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.convs(x)
-        x = torch.relu(self.deconv(x))
+        x = torch.relu_(self.deconv(x))
         return self.predictor(x)
 
 
@@ -88,7 +88,7 @@ class MLPMaskHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
         for fc in self.fcs:
-            x = torch.relu(fc(x))
+            x = torch.relu_(fc(x))
         return self.predictor(x).reshape(-1, self.num_masks, self.mask_size, self.mask_size)
 
 
