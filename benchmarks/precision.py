@@ -1,6 +1,6 @@
 """bf16 against fp32 on the CPU: are the detections the same, and how much faster is it?
 
-    python benchmarks/precision.py [--threads 2] [--iterations 600] [--run DIR]
+    python benchmarks/precision.py [--threads 2] [--iterations 600] [--run DIR] [--skip-shapes | --skip-coffee]
 
 1. Trained weights: trains the demo's shapes model (`maskrcnn demo`'s config; or reuses
    `--run DIR` from an earlier run of this script or of `maskrcnn demo --out DIR`) and evaluates
@@ -40,32 +40,37 @@ from maskrcnn.ops import box_iou  # noqa: E402
 FIXTURE = ROOT / "tests" / "fixtures" / "torchvision_parity"
 
 
-def match_rates(reference, other) -> tuple[float, float, int]:
+def match_rates(reference, other) -> tuple[float, float, int, float]:
     """(share of `reference` detections with a same-label `other` detection at box IoU >= 0.9,
-    share of those pairs with mask IoU >= 0.95, number of reference detections)."""
+    share of those pairs with mask IoU >= 0.95, number of reference detections, mean mask IoU
+    of those pairs)."""
     if len(reference) == 0:
-        return 1.0, 1.0, 0
+        return 1.0, 1.0, 0, 1.0
     if len(other) == 0:
-        return 0.0, 0.0, len(reference)
+        return 0.0, 0.0, len(reference), 0.0
     iou = box_iou(reference.boxes, other.boxes) * (reference.labels[:, None] == other.labels[None])
     best = iou.max(1)
     matched = best.values >= 0.9
     if not matched.any():
-        return 0.0, 0.0, len(reference)
+        return 0.0, 0.0, len(reference), 0.0
     a = reference.masks[matched] >= 0.5
     b = other.masks[best.indices[matched]] >= 0.5
     inter = (a & b).flatten(1).sum(1).float()
     union = (a | b).flatten(1).sum(1).float()
     mask_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    return matched.float().mean().item(), (mask_iou >= 0.95).float().mean().item(), len(reference)
+    return (matched.float().mean().item(), (mask_iou >= 0.95).float().mean().item(), len(reference),
+            mask_iou.mean().item())
 
 
-def pooled(rates: list[tuple[float, float, int]]) -> tuple[float, float]:
-    """Detection-weighted means over images."""
-    total = sum(n for *_, n in rates) or 1
-    box = sum(r * n for r, _, n in rates) / total
-    mask = sum(r * m * n for r, m, n in rates) / max(sum(r * n for r, _, n in rates), 1e-9)
-    return box, mask
+def pooled(rates: list[tuple[float, float, int, float]]) -> tuple[float, float, float]:
+    """Detection-weighted means over images: (matched share, share of matched pairs with mask
+    IoU >= 0.95, mean mask IoU of matched pairs)."""
+    total = sum(r[2] for r in rates) or 1
+    pairs = max(sum(r[0] * r[2] for r in rates), 1e-9)
+    box = sum(r[0] * r[2] for r in rates) / total
+    mask = sum(r[0] * r[1] * r[2] for r in rates) / pairs
+    mean_iou = sum(r[0] * r[3] * r[2] for r in rates) / pairs
+    return box, mask, mean_iou
 
 
 def trained_model(args) -> tuple[Path, Path]:
@@ -94,8 +99,30 @@ def shapes_rows(args) -> list[tuple]:
         with torch.no_grad():
             detections[precision] = [model([dataset[i][0]]).detections[0] for i in range(len(dataset))]
         rows.append((precision, results["segm"]["AP"], results["segm"]["AP50"], results["bbox"]["AP"]))
-    box, mask = pooled([match_rates(a, b) for a, b in zip(detections["fp32"], detections["bf16"])])
-    return rows, box, mask, seconds, len(dataset)
+    rates = pooled([match_rates(a, b) for a, b in zip(detections["fp32"], detections["bf16"])])
+    return rows, rates, seconds, len(dataset), model
+
+
+def large_image_rates(model, count: int = 40, size: tuple[int, int] = (480, 640)) -> tuple[float, float, float]:
+    """fp32 against bf16 on photo-sized shapes images (480 x 640, shapes 4-5x the training
+    size): the model resizes them to its own input size, and the masks are pasted back at full
+    size, where a changed logit shows as changed pixels."""
+    import tempfile
+
+    from maskrcnn.data import generate_shapes_dataset
+
+    with tempfile.TemporaryDirectory() as folder:
+        annotations = generate_shapes_dataset(Path(folder), count, seed=123, image_size=size,
+                                              size_range=(40, 200), empty_fraction=0.0)
+        dataset = CocoDataset(annotations, annotations.parent / "images")
+        images = [dataset[i][0] for i in range(count)]
+    detections = {}
+    with torch.no_grad():
+        for precision in ("fp32", "bf16"):
+            model.precision = precision
+            detections[precision] = [model([image]).detections[0] for image in images]
+    model.precision = "fp32"
+    return pooled([match_rates(a, b) for a, b in zip(detections["fp32"], detections["bf16"])])
 
 
 def coffee_rows(args) -> list[tuple]:
@@ -131,20 +158,27 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=600, help="training iterations of the shapes model")
     parser.add_argument("--run", type=Path, help="folder of the shapes run (trained here when it has no weights)")
     parser.add_argument("--skip-shapes", action="store_true")
+    parser.add_argument("--skip-coffee", action="store_true", help="skip the seeded R50 part")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, bf16 = CPU autocast (model.precision)")
 
     if not args.skip_shapes:
-        rows, box, mask, seconds, n = shapes_rows(args)
+        rows, (box, mask, mean_iou), seconds, n, model = shapes_rows(args)
         print(f"\nshapes model on {n} held-out images")
         print("| precision | mask AP | mask AP50 | box AP | s / image (eval) |")
         print("|---|---|---|---|---|")
         for precision, ap, ap50, box_ap in rows:
             print(f"| {precision} | {ap:.4f} | {ap50:.4f} | {box_ap:.4f} | {seconds[precision]:.3f} |")
         print(f"mask AP difference bf16 - fp32: {rows[1][1] - rows[0][1]:+.4f}; fp32 detections matched by "
-              f"bf16 (label, box IoU >= 0.9): {box:.1%}; of those, mask IoU >= 0.95: {mask:.1%}")
+              f"bf16 (label, box IoU >= 0.9): {box:.1%}; of those, mask IoU >= 0.95: {mask:.1%}, "
+              f"mean mask IoU {mean_iou:.4f}")
+        box, mask, mean_iou = large_image_rates(model)
+        print(f"the same model on 40 photo-sized (480 x 640) shapes images, masks at full size: matched "
+              f"{box:.1%}; of those, mask IoU >= 0.95: {mask:.1%}, mean mask IoU {mean_iou:.4f}")
 
+    if args.skip_coffee:
+        return 0
     rows, times, n = coffee_rows(args)
     print(f"\nseeded R50 (parity fixture recipe) on coffee.png -> 800 x 1200, {n} fp32 detections (score > 0.05)")
     print("| against fp32 | matched (label, IoU >= 0.9) | mask IoU >= 0.95 |")

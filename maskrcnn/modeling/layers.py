@@ -57,7 +57,8 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
     changes, since refolding R50's 23 M weights costs about as much as its box branch."""
     if not isinstance(norm, FrozenBatchNorm2d):
         return norm(conv(x))
-    weight, bias = _folded(conv, norm) if not torch.is_grad_enabled() else _fold(conv, norm)
+    cache = not torch.is_grad_enabled() and not torch.compiler.is_compiling()  # compile folds constants itself
+    weight, bias = _folded(conv, norm) if cache else _fold(conv, norm)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 

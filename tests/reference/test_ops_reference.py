@@ -279,10 +279,12 @@ def roi_case(seed, *, scale, num=60, dtype=torch.float32, image=2, channels=3, m
 
 
 def roi_align_atol(dtype, features, size):
-    """Forward tolerance. Our RoIAlign samples with grid_sample, which is handed each sample's
-    coordinate y as y / (size - 1) * 2 - 1 and maps it back: the round trip moves y by about an
-    ulp of y (|y| <= size cells), and the sample by that times the difference of two neighbouring
-    cells (<= 2 max|f|). Twice that bound; the largest errors seen are 6-20x below it."""
+    """Forward tolerance. Our RoIAlign computes torchvision's sample coordinates and bilinear
+    weights with its formulas, but folds the 1 / count into each tap's weight and sums a bin's
+    taps in another order, so the error is a few ulps of max|f|. This bound is the one the
+    earlier grid_sample implementation needed (its normalized-coordinate round trip moved y by
+    an ulp of y, |y| <= size cells, times two neighbouring cells' difference, <= 2 max|f|; twice
+    that): much looser than needed now, kept as the contract."""
     return 2 * size * torch.finfo(dtype).eps * 2 * float(features.abs().max())
 
 
@@ -318,7 +320,8 @@ ROI_ALIGN_CASES = [
     (1 / 32, (9, 12), 7, 0, True),
     (1 / 32, (9, 12), 14, 2, False),
     (1 / 32, (9, 12), (7, 5), 0, False),
-    # one-cell axes (P5 of a 32-pixel-high batch): grid_sample maps any coordinate onto the cell
+    # one-cell axes (P5 of a 32-pixel-high batch): both neighbours are the one cell, and a sample
+    # beyond it contributes 0
     (1 / 32, (1, 6), 7, 0, False),
     (0.25, (2, 1), 7, 2, True),
     (1 / 16, (1, 1), 7, 0, True),
