@@ -145,13 +145,14 @@ def models():
 #
 # The first batch once failed: our detection 67 of 640x427 (score 0.85, at the right image edge)
 # had no torchvision counterpart. The cause is a tie in the RPN, not a bug: three level-P6
-# proposals 64 px apart in y at that edge ([770.88, y, 800, y + 480], y = 482.9, 546.9, 610.9;
+# proposals 64 px apart in y at that edge ([770.88, y, 800, y + 480], y = 610.9, 546.9, 482.9;
 # the anchors reach into the batch's padding, where the features hardly change along y) have
 # objectness logits -0.243871182, -0.243871197, -0.243875444 in torchvision's float32 (its
 # float64: -0.243871190, -0.243871203, -0.243875620): the first two are one float32 ulp
-# (1.5e-8) apart and their sigmoids are the same float32 (0.439332604). Ours rounds the
-# first two the other way, so NMS (IoU 0.76 between neighbours) keeps the middle one and drops
-# both others, where torchvision keeps the outer two: 1 of 1,000 proposals differs, and the box
+# (1.5e-8) apart and their sigmoids are the same float32 (0.439332604). Ours rounds them the
+# other way (probabilities 0.43933260 at y = 610.9, 0.43933266 at y = 546.9), so NMS (IoU 0.76
+# between neighbours) keeps the middle one and drops both others, where torchvision keeps the
+# outer two: 1 of 1,000 proposals differs, and the box
 # head then regresses a different box from it. test_model_reference allows such RPN ties in
 # its proposal sets (PROPOSAL_FRACTION); here a detection on one side only is allowed when its
 # image's proposals differ that way, and then the RoI heads are checked again on the same
