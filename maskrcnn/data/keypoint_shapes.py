@@ -19,7 +19,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..io import write_json_atomic
-from .shapes import _MIN_PIXELS, _MIN_VISIBLE_FRACTION, _PLACEMENT_TRIES, _background, _draw, _instance_color
+from .shapes import _background, _draw, _place_shapes
 
 __all__ = ["KEYPOINT_NAMES", "KEYPOINT_SKELETON", "generate_keypoint_shapes_dataset"]
 
@@ -44,33 +44,20 @@ def square_keypoints(cx: float, cy: float, size: float, angle: float) -> list[tu
 def _render(rng: np.random.Generator, height: int, width: int, max_shapes: int, size_range: tuple[float, float]):
     """One image: uint8 (H, W, 3) and [(is_square, visible mask, keypoints or None)]."""
     img = _background(rng, height, width)
-    idmap = np.zeros((height, width), dtype=np.int32)
-    areas: list[int] = [0]
-    placed: list[tuple[bool, list | None]] = [(False, None)]
-    hues: list[float] = []
     lo, hi = size_range[0], min(size_range[1], min(height, width) - 2)
-    for _ in range(int(rng.integers(1, max_shapes + 1))):
-        for _ in range(_PLACEMENT_TRIES):
-            is_square = bool(rng.random() < 0.7)
-            size = float(rng.uniform(lo, hi))
-            cx = float(rng.uniform(size / 4, width - size / 4))
-            cy = float(rng.uniform(size / 4, height - size / 4))
-            angle = float(rng.uniform(-_MAX_TILT, _MAX_TILT))
-            m = _draw("square" if is_square else "circle", height, width, cx, cy, size, angle)
-            if m.sum() < _MIN_PIXELS:
-                continue
-            left = np.bincount(idmap[~m], minlength=len(areas))[1:]
-            if np.all(left >= np.maximum(_MIN_VISIBLE_FRACTION * np.array(areas[1:]), _MIN_PIXELS)):
-                color, hue = _instance_color(rng, hues)
-                hues.append(hue)
-                idmap[m] = len(areas)
-                img[m] = color
-                areas.append(int(m.sum()))
-                placed.append((is_square, square_keypoints(cx, cy, size, angle) if is_square else None))
-                break
+
+    def propose() -> tuple[np.ndarray, tuple[bool, list | None]]:
+        is_square = bool(rng.random() < 0.7)
+        size = float(rng.uniform(lo, hi))
+        cx = float(rng.uniform(size / 4, width - size / 4))
+        cy = float(rng.uniform(size / 4, height - size / 4))
+        angle = float(rng.uniform(-_MAX_TILT, _MAX_TILT))
+        m = _draw("square" if is_square else "circle", height, width, cx, cy, size, angle)
+        return m, (is_square, square_keypoints(cx, cy, size, angle) if is_square else None)
+
+    idmap, placed = _place_shapes(rng, img, int(rng.integers(1, max_shapes + 1)), propose)
     instances = []
-    for k in range(1, len(areas)):
-        is_square, points = placed[k]
+    for k, (is_square, points) in enumerate(placed, start=1):
         keypoints = None
         if is_square:
             keypoints = []

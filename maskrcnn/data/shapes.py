@@ -14,7 +14,7 @@ import colorsys
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -97,26 +97,23 @@ def _instance_color(rng: np.random.Generator, used_hues: list[float]) -> tuple[n
     return np.array(rgb, dtype=np.float32), hue
 
 
-def _render(
-    rng: np.random.Generator, height: int, width: int, classes: Sequence[str],
-    max_shapes: int, size_range: tuple[float, float], empty: bool,
-) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One image: uint8 (H, W, 3) and [(class index, bool (H, W) visible mask)]."""
-    img = _background(rng, height, width)
-    background = img.copy()
-    idmap = np.zeros((height, width), dtype=np.int32)  # 0 = background, k = k-th placed shape
+def _place_shapes(
+    rng: np.random.Generator, img: np.ndarray, count: int, propose: Callable[[], tuple[np.ndarray, Any]],
+) -> tuple[np.ndarray, list]:
+    """Paint up to `count` shapes onto `img` ((H, W, 3) float, in place), one after another.
+
+    `propose()` draws one candidate: (bool (H, W) mask, a record for the caller). A candidate is
+    kept if it has _MIN_PIXELS and every earlier shape keeps enough of its pixels visible with
+    it on top; else another is drawn, up to _PLACEMENT_TRIES times. A kept shape gets a colour
+    whose hue is apart from the others'. Returns the id map (0 = background, k = the k-th kept
+    shape) and the kept shapes' records. Shared by the shapes and the keypoint-shapes data."""
+    idmap = np.zeros(img.shape[:2], dtype=np.int32)
     drawn_area: list[int] = [0]
-    kinds: list[int] = [-1]
+    records: list = []
     hues: list[float] = []
-    lo, hi = size_range[0], min(size_range[1], min(height, width) - 2)
-    for _ in range(0 if empty else int(rng.integers(1, max_shapes + 1))):
+    for _ in range(count):
         for _ in range(_PLACEMENT_TRIES):
-            cls = int(rng.integers(len(classes)))
-            size = float(rng.uniform(lo, hi))
-            # up to a quarter of a shape may leave the frame: objects cut by the border are real
-            cx = float(rng.uniform(size / 4, width - size / 4))
-            cy = float(rng.uniform(size / 4, height - size / 4))
-            m = _draw(classes[cls], height, width, cx, cy, size, float(rng.uniform(0, 2 * math.pi)))
+            m, record = propose()
             area = int(m.sum())
             if area < _MIN_PIXELS:
                 continue
@@ -128,15 +125,36 @@ def _render(
                 idmap[m] = len(drawn_area)
                 img[m] = color
                 drawn_area.append(area)
-                kinds.append(cls)
+                records.append(record)
                 break
+    return idmap, records
+
+
+def _render(
+    rng: np.random.Generator, height: int, width: int, classes: Sequence[str],
+    max_shapes: int, size_range: tuple[float, float], empty: bool,
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One image: uint8 (H, W, 3) and [(class index, bool (H, W) visible mask)]."""
+    img = _background(rng, height, width)
+    background = img.copy()
+    lo, hi = size_range[0], min(size_range[1], min(height, width) - 2)
+
+    def propose() -> tuple[np.ndarray, int]:
+        cls = int(rng.integers(len(classes)))
+        size = float(rng.uniform(lo, hi))
+        # up to a quarter of a shape may leave the frame: objects cut by the border are real
+        cx = float(rng.uniform(size / 4, width - size / 4))
+        cy = float(rng.uniform(size / 4, height - size / 4))
+        return _draw(classes[cls], height, width, cx, cy, size, float(rng.uniform(0, 2 * math.pi))), cls
+
+    idmap, kinds = _place_shapes(rng, img, 0 if empty else int(rng.integers(1, max_shapes + 1)), propose)
     instances = []
-    for k in range(1, len(drawn_area)):
+    for k, cls in enumerate(kinds, start=1):
         m = idmap == k
         if m.sum() < _MIN_PIXELS:  # cannot happen with the placement rule; kept as a guard
             img[m] = background[m]  # repaint, so no unlabeled object remains in the image
             continue
-        instances.append((kinds[k], m))
+        instances.append((cls, m))
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), instances
 
 

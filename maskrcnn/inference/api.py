@@ -11,7 +11,8 @@ Checkpoints `load_model` reads:
   - our own `model.safetensors` with its `model.json` beside it (written by `save_model`);
   - a torchvision Mask R-CNN state dict (.pth / .pt read with `torch.load(weights_only=True)`,
     or .safetensors), v1 or v2 layout (inferred, or `variant=`);
-  - a name: "torchvision:maskrcnn_resnet50_fpn" or "..._v2", or one of Detectron2's model zoo,
+  - a name: "torchvision:maskrcnn_resnet50_fpn" or "..._v2", "torchvision:fasterrcnn_resnet50_fpn"
+    (or "..._v2"), "torchvision:keypointrcnn_resnet50_fpn", or one of Detectron2's model zoo,
     "detectron2:mask_rcnn_R_50_FPN_3x" (_1x, R_101_FPN_3x), fetched into the cache (see `hub.py`);
   - a Detectron2 Mask R-CNN FPN checkpoint: a model zoo .pkl (read by a restricted unpickler,
     never `pickle.load`) or a Detectron2 .pth; labels are Detectron2's class index 0..79,

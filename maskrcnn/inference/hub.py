@@ -1,5 +1,5 @@
-"""Named weights ("torchvision:maskrcnn_resnet50_fpn", ..._v2, "detectron2:mask_rcnn_R_50_FPN_3x",
-...): where they live, a local cache, and a download with a hash check.
+"""Named weights ("torchvision:maskrcnn_resnet50_fpn", ..._v2, "torchvision:fasterrcnn_resnet50_fpn",
+..._v2, "torchvision:keypointrcnn_resnet50_fpn", "detectron2:mask_rcnn_R_50_FPN_3x", ...): where they live, a local cache, and a download with a hash check.
 
     >>> path = weights_path("torchvision:maskrcnn_resnet50_fpn")   # doctest: +SKIP
     PosixPath('/home/me/.cache/maskrcnn/torchvision/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth')
@@ -61,7 +61,7 @@ class NamedWeights:
 
     url: str
     sha256_prefix: str | None  # None: not published (Detectron2)
-    variant: str  # "v1" or "v2", for from_torchvision ("d2" for Detectron2's)
+    variant: str  # from_torchvision's: "v1", "v2", "faster", "faster_v2", "keypoint" ("d2": Detectron2's)
     class_names: tuple[str, ...]  # index 0 is label 1 (background has no entry)
     kind: str = "torchvision"  # or "detectron2": also the cache sub-folder
 
@@ -85,6 +85,22 @@ NAMED_WEIGHTS: dict[str, NamedWeights] = {
         variant="v2",
         class_names=tuple(COCO_CATEGORY_NAMES[1:]),
     ),
+    # torchvision's Faster R-CNN (box AP 37.0, v2 46.7) and Keypoint R-CNN (box AP 54.6 /
+    # keypoint AP 65.0; its COCO_V1, the DEFAULT, not the older COCO_LEGACY -9f466800) weights:
+    # URLs as in torchvision/models/detection/faster_rcnn.py and keypoint_rcnn.py (0.29.1).
+    # The keypoint model has classes background and person only.
+    **{
+        f"torchvision:{name}": NamedWeights(
+            url=f"https://download.pytorch.org/models/{name}_coco-{prefix}.pth",
+            sha256_prefix=prefix, variant=variant,
+            class_names=("person",) if variant == "keypoint" else tuple(COCO_CATEGORY_NAMES[1:]),
+        )
+        for name, prefix, variant in (
+            ("fasterrcnn_resnet50_fpn", "258fb6c6", "faster"),
+            ("fasterrcnn_resnet50_fpn_v2", "dd69338a", "faster_v2"),
+            ("keypointrcnn_resnet50_fpn", "fc266e95", "keypoint"),
+        )
+    },
     # Detectron2's model zoo (COCO-InstanceSegmentation, FPN): box AP 38.6 / mask AP 35.2,
     # 41.0 / 37.2, 42.9 / 38.6 (its MODEL_ZOO.md). Labels are Detectron2's class index 0..79.
     **{

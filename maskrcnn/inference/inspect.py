@@ -6,13 +6,15 @@ release's inspect_data / inspect_model notebooks did.
 writes, on the image as the network sees it (resized; every box in those coordinates):
 
     anchors.png       the anchors of the grid cell nearest the image centre on each level
-                      (P2..P6, one color per level, all aspect ratios), and every anchor the RPN
+                      (P2..P6, or a C4 model's one map with its 15 anchors per cell; one color
+                      per level, all aspect ratios), and every anchor the RPN
                       would train as positive (IoU >= 0.7 with a ground truth, or a ground
                       truth's best anchor), in its level's color; ground truth in white
     proposals.png     the top RPN proposals (brightest = highest objectness) and the ground truth
     rois.png          the second stage's training sample: positive RoIs (IoU >= 0.5, green) and
                       negative ones (red), drawn from the proposals plus the ground-truth boxes
-    mask_targets.png  per positive RoI: the image crop and its 28x28 mask target side by side
+    mask_targets.png  per positive RoI: the image crop and its mask target side by side, at the
+                      mask head's resolution (28x28; a C4 model's 14x14)
 
 Proposals come from the model in eval mode (top 1000 after NMS); RoI sampling is the training
 rule (512 RoIs, 25 % positive), seeded by --seed. An untrained model (--preset) shows what
@@ -127,14 +129,17 @@ def inspect_sample(
     positive = (matches >= 0).split([a.shape[0] for a in anchors])
     legend, stats["anchors"] = [], []
     for level, (level_anchors, pos, (fh, fw), color) in enumerate(zip(anchors, positive, feature_sizes, colors)):
+        name = _level_name(model, level)
         _boxes(draw, level_anchors[pos], color)
         a = level_anchors.shape[0] // (fh * fw)  # anchors per location
         cy, cx = min(int(h / 2 / (h / fh)), fh - 1), min(int(w / 2 / (w / fw)), fw - 1)
         cell = (cy * fw + cx) * a  # anchors are ordered (y, x, anchor)
         _boxes(draw, level_anchors[cell:cell + a], color, width=2)
-        size = model.rpn.anchor_generator.sizes[level]
-        legend.append((f"P{level + 2} size {size:g}: {fh}x{fw}x{a} anchors, {int(pos.sum())} positive", color))
-        stats["anchors"].append({"level": f"P{level + 2}", "size": size, "grid": [fh, fw],
+        size = model.rpn.anchor_generator.sizes[level]  # a number per FPN level; C4's one level has them all
+        size = list(size) if isinstance(size, (tuple, list)) else size
+        shown = "/".join(f"{s:g}" for s in size) if isinstance(size, list) else f"{size:g}"
+        legend.append((f"{name} size {shown}: {fh}x{fw}x{a} anchors, {int(pos.sum())} positive", color))
+        stats["anchors"].append({"level": name, "size": size, "grid": [fh, fw],
                                  "count": int(level_anchors.shape[0]), "positive": int(pos.sum())})
     _boxes(draw, gt_boxes, WHITE, width=2)
     _caption(canvas, legend)
@@ -171,13 +176,26 @@ def inspect_sample(
 
     # mask_targets.png: [image crop | target] per positive RoI
     pos_boxes, pos_matched = rois[pos][:max_masks], matched[pos][:max_masks]
-    # the mask head's resolution: its 2x2 stride-2 transposed conv doubles the pooled 14x14
-    m = 2 * int(model.roi_heads.mask_pooler.output_size) if model.roi_heads.has_mask else 28
+    # the mask head's own resolution (FPN: 14x14 pooled, doubled by the deconv to 28; C4: 14x14
+    # pooled, halved by res5, doubled to 14), read from one RoI through it
+    m = 28
+    if model.roi_heads.has_mask:
+        with torch.no_grad():
+            m = model.roi_heads.mask_logits(features, [rois[:1]], labels[:1]).shape[-1]
+    stats["mask_size"] = int(m)
     grid = _mask_grid(pixels, gt_masks, pos_boxes, pos_matched, m)
     written.append(save_png(out_dir / "mask_targets.png", grid))
     stats["mask_targets"] = int(pos_boxes.shape[0])
     stats["files"] = [str(p) for p in written]
     return stats
+
+
+def _level_name(model: MaskRCNN, level: int) -> str:
+    """The feature map's name: P2..P6 of an FPN, C4 of a C4 model (its one map, stride 16)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "architecture", "fpn") == "c4":
+        return "C4"
+    return f"P{level + 2}"
 
 
 def _mask_grid(pixels: Tensor, gt_masks: Tensor, boxes: Tensor, matched: Tensor, m: int, columns: int = 4) -> Image.Image:

@@ -16,7 +16,7 @@ from .anchors import AnchorGenerator
 from .backbone.c4 import ResNetC4
 from .backbone.fpn import FPN, ResNetFPN
 from .backbone.resnet import RESNET_SPECS, ResNet, resnet_stage
-from .config_checks import check_model_config
+from .config_checks import check_c4_options, check_model_config
 from .layers import NormFactory, freeze_batch_norm, norm_factory
 from .mask_rcnn import MaskRCNN
 from .roi_heads.box_head import BoxHead, BoxPredictor
@@ -110,6 +110,7 @@ class ModelConfig:
         check_model_config(self)  # every option range-checked; ModelConfigError names it
         check_head_switches(self)
         _check_backbone_options(self)
+        check_c4_options(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
@@ -170,9 +171,7 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         raise ValueError(f"variant must be 'v1' or 'v2', got {config.variant!r}")
     v2 = config.variant == "v2"
     backbone_norm, head_norm = _norms(config)
-    c4 = config.architecture == "c4"
-    if c4 and v2:
-        raise ValueError("architecture 'c4' has its own RoI head (res5); variant 'v2' (FPN heads) does not apply")
+    c4 = config.architecture == "c4"  # its option combinations: config_checks.check_c4_options
     body = ResNet(
         depth=config.depth,
         base_width=config.base_width,
@@ -300,8 +299,11 @@ def _res5_roi_heads(config: ModelConfig, body: ResNet, norm: NormFactory, pooler
     if config.trainable_backbone_layers == 0:  # the whole ResNet frozen, res5 included
         res5 = freeze_batch_norm(res5).requires_grad_(False)
     res5_channels = width * block.expansion
-    mask_head = MaskHead(in_channels=res5_channels, num_classes=config.num_classes, conv_dims=(),
-                         deconv_channels=config.mask_head_channels, background_channel=not config.background_last)
+    mask_head = None
+    if config.mask_on:  # the switches that apply to C4 (check_c4_options refuses the others)
+        mask_head = MaskHead(in_channels=res5_channels, num_classes=config.num_classes, conv_dims=(),
+                             deconv_channels=config.mask_head_channels, background_channel=not config.background_last,
+                             class_agnostic=config.class_agnostic_masks)
     return Res5RoIHeads(
         res5=res5,
         res5_channels=res5_channels,
@@ -310,6 +312,7 @@ def _res5_roi_heads(config: ModelConfig, body: ResNet, norm: NormFactory, pooler
                                    background_last=config.background_last),
         mask_head=mask_head,
         **_box_sampling_and_postprocess(config),
+        mask_loss=config.mask_loss,
     )
 
 

@@ -156,3 +156,26 @@ def check_model_config(config: Any) -> None:
     for low, high in pairs:
         if getattr(config, low) > getattr(config, high):
             raise ModelConfigError(low, f"must be <= {high} ({getattr(config, high)}), got {getattr(config, low)}")
+
+
+def check_c4_options(config: Any) -> None:
+    """The options that have no meaning in a C4 model (`architecture: c4`), refused by name
+    rather than ignored. Its RoI head is the ResNet's res5 stage (the backbone's norm) shared by
+    the box and mask branches, its mask head a deconv on res5's 7x7 map: roi_extractor,
+    mask_loss, class_agnostic_masks and mask_on apply to it as to FPN; these do not."""
+    if config.architecture != "c4":
+        return
+    refused = {
+        "variant": (config.variant != "v1", "'v2' builds FPN heads (4 convs + 1 fc box head, norm layers); "
+                                           "C4's RoI head is res5: use variant 'v1'"),
+        "mask_head": (config.mask_head != "fcn", "'mlp' is an FPN ablation (the paper's Table 2e); C4's mask head "
+                                                "is res5's 7x7 map -> deconv: use 'fcn'"),
+        "num_keypoints": (config.num_keypoints > 0, "a keypoint branch is built for FPN models only; "
+                                                    "use architecture 'fpn'"),
+        "head_norm": (config.head_norm not in (None, "none"), "C4's heads are res5 (normalized as the backbone, "
+                                                              "backbone_norm) and a deconv, with nothing for "
+                                                              "head_norm to apply to: leave it null"),
+    }
+    for key, (wrong, reason) in refused.items():
+        if wrong:
+            raise ModelConfigError(key, f"{getattr(config, key)!r} does not apply to architecture 'c4': {reason}")

@@ -30,11 +30,11 @@ def isolated_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def use_entry(monkeypatch, path, prefix=None):
-    """Point NAME at a local file (as a file:// URL), with its real hash prefix unless given."""
+def use_entry(monkeypatch, path, prefix=None, name=NAME):
+    """Point `name` at a local file (as a file:// URL), with its real hash prefix unless given."""
     prefix = prefix or hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-    entry = dataclasses.replace(hub.NAMED_WEIGHTS[NAME], url=path.as_uri(), sha256_prefix=prefix)
-    monkeypatch.setitem(hub.NAMED_WEIGHTS, NAME, entry)
+    entry = dataclasses.replace(hub.NAMED_WEIGHTS[name], url=path.as_uri(), sha256_prefix=prefix)
+    monkeypatch.setitem(hub.NAMED_WEIGHTS, name, entry)
     return entry
 
 
@@ -64,6 +64,25 @@ def test_the_published_table():
     for entry in (v1, v2):
         assert entry.filename.endswith(f"-{entry.sha256_prefix}.pth")  # torchvision's naming rule
         assert len(entry.class_names) == 90 and entry.class_names[0] == "person"
+
+
+# torchvision's Faster R-CNN and Keypoint R-CNN weights, as torchvision 0.29.1 names them
+# (torchvision/models/detection/faster_rcnn.py, keypoint_rcnn.py: the COCO_V1 entries)
+OTHER_TORCHVISION = {
+    "fasterrcnn_resnet50_fpn": ("https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth", "faster"),
+    "fasterrcnn_resnet50_fpn_v2": ("https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+                                   "faster_v2"),
+    "keypointrcnn_resnet50_fpn": ("https://download.pytorch.org/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth",
+                                  "keypoint"),
+}
+
+
+def test_the_published_faster_and_keypoint_table():
+    for name, (url, variant) in OTHER_TORCHVISION.items():
+        entry = hub.NAMED_WEIGHTS[f"torchvision:{name}"]
+        assert (entry.url, entry.variant, entry.kind) == (url, variant, "torchvision")
+        assert entry.filename.endswith(f"-{entry.sha256_prefix}.pth") and len(entry.sha256_prefix) == 8
+        assert entry.class_names == (("person",) if variant == "keypoint" else tuple(hub.COCO_CATEGORY_NAMES[1:]))
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
@@ -166,3 +185,39 @@ def test_torchvision_file_variant_is_inferred_and_checked(torchvision_v1_file):
         load_model(torchvision_v1_file, variant="v2")
     with pytest.raises(ValueError, match="num_classes=5 but the checkpoint has 91 classes"):
         load_model(torchvision_v1_file, num_classes=5)
+
+
+def torchvision_layout_file(folder, variant: str):
+    """A torchvision-layout checkpoint of fasterrcnn_resnet50_fpn(_v2) or keypointrcnn_resnet50_fpn
+    (shapes only: every tensor a 0-stride view of one number, so the file is a few hundred kB),
+    and the value put in the one tensor the test then looks for."""
+    layout = "v2" if variant == "faster_v2" else "v1"
+    keys = {k: shape for k, shape, _ in parity_keys(layout) if not k.startswith("roi_heads.mask_")}
+    if variant == "keypoint":  # keypointrcnn_resnet50_fpn: 2 classes, 8 convs of 512, a deconv to 17 maps
+        keys.update({"roi_heads.box_predictor.cls_score.weight": [2, 1024], "roi_heads.box_predictor.cls_score.bias": [2],
+                     "roi_heads.box_predictor.bbox_pred.weight": [8, 1024], "roi_heads.box_predictor.bbox_pred.bias": [8]})
+        for i in range(8):
+            keys[f"roi_heads.keypoint_head.{2 * i}.weight"] = [512, 256 if i == 0 else 512, 3, 3]
+            keys[f"roi_heads.keypoint_head.{2 * i}.bias"] = [512]
+        keys["roi_heads.keypoint_predictor.kps_score_lowres.weight"] = [512, 17, 4, 4]
+        keys["roi_heads.keypoint_predictor.kps_score_lowres.bias"] = [17]
+    state = {k: torch.zeros((), dtype=torch.int64) if not shape else torch.full((), 0.5).expand(shape)
+             for k, shape in keys.items()}
+    state["rpn.head.cls_logits.bias"] = torch.full((), 0.25).expand(keys["rpn.head.cls_logits.bias"])
+    path = folder / f"{variant}.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("name", OTHER_TORCHVISION)
+def test_faster_and_keypoint_names_load_end_to_end(name, tmp_path, monkeypatch):
+    """What `maskrcnn predict --weights torchvision:NAME` does (load_model), on a local file."""
+    variant = OTHER_TORCHVISION[name][1]
+    use_entry(monkeypatch, torchvision_layout_file(tmp_path, variant), name=f"torchvision:{name}")
+    predictor = load_model(f"torchvision:{name}", download=True)
+    config = predictor.model.config
+    assert config.mask_on is False and config.variant == ("v2" if variant == "faster_v2" else "v1")
+    assert config.num_keypoints == (17 if variant == "keypoint" else 0)
+    assert predictor.model.num_classes == (2 if variant == "keypoint" else 91)
+    assert predictor.class_names == (["person"] if variant == "keypoint" else hub.COCO_CATEGORY_NAMES[1:])
+    assert torch.equal(predictor.model.state_dict()["rpn.head.objectness.bias"], torch.full((3,), 0.25))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from maskrcnn.cli import main as cli_main
@@ -36,7 +37,7 @@ def test_inspect_writes_the_four_images(shapes, tmp_path, capsys):
     assert rois["positive"] >= stats["gt"]  # the gt boxes themselves are sampled as positives
     assert rois["positive"] + rois["negative"] == rois["sampled"] <= 512
     assert rois["positive"] <= 128  # 25 % of 512
-    assert stats["mask_targets"] == min(8, rois["positive"])
+    assert stats["mask_targets"] == min(8, rois["positive"]) and stats["mask_size"] == 28
     sheet = Image.open(out / "mask_targets.png")
     assert sheet.width > 4 * 84 * 2  # four (crop | target) pairs per row
 
@@ -46,3 +47,25 @@ def test_unknown_image_id(shapes, tmp_path, capsys):
     code = cli_main(["inspect", "--data", str(ann), "--images", str(images), "--image-id", "99",
                      "--preset", "maskrcnn_resnet18_small", "--out", str(tmp_path)])
     assert code == 2 and "image id 99 is not in" in capsys.readouterr().err
+
+
+def test_inspect_a_c4_model(shapes, tmp_path):
+    """C4: one feature map (stride 16) with 15 anchors per cell, and 14x14 mask targets."""
+    from maskrcnn.data import CocoDataset
+    from maskrcnn.inference.inspect import inspect_sample
+    from maskrcnn.modeling import ModelConfig, build_model
+
+    ann, images = shapes
+    dataset = CocoDataset(ann, images)
+    image, target = dataset[0]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(architecture="c4", depth=18, base_width=8, num_classes=dataset.num_classes + 1,
+                                    min_size=128, max_size=128, anchor_sizes=(16, 32, 64, 128, 256),
+                                    rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100))
+    stats = inspect_sample(model, image, target, tmp_path, max_masks=4)
+    (level,) = stats["anchors"]
+    assert level["level"] == "C4" and level["size"] == [16, 32, 64, 128, 256] and level["grid"] == [8, 8]
+    assert level["count"] == 8 * 8 * 15 and level["positive"] >= stats["gt"] > 0
+    assert stats["mask_size"] == 14 and stats["mask_targets"] == min(4, stats["rois"]["positive"])
+    assert [Image.open(tmp_path / name).size for name in ("anchors.png", "rois.png")] == [(128, 128)] * 2
+    assert Image.open(tmp_path / "mask_targets.png").width > 0

@@ -183,6 +183,13 @@ class Maxima:
         return lines
 
 
+# RPN proposals are compared as sets: every coordinate within PROPOSAL_ATOL px, and at least
+# PROPOSAL_FRACTION of each side's proposals with such a counterpart on the other (objectness
+# logits one float32 rounding apart can swap places at a top-k or NMS cut).
+PROPOSAL_ATOL = 0.05
+PROPOSAL_FRACTION = 0.995
+
+
 def proposals_nearest(ref: torch.Tensor, ours: torch.Tensor) -> torch.Tensor:
     """For each reference proposal, the distance (max over the 4 coordinates, px) to the
     nearest of ours."""

@@ -2,9 +2,10 @@
 
 1. The keypoint ops on the same inputs: heatmap targets (torchvision's keypoints_to_heatmap) and
    heatmap decoding (heatmaps_to_keypoints): exactly equal.
-2. The whole model in eval mode on several image sizes (single images) at the default
-   800/1333: boxes, scores (matched by label and IoU, as test_model_reference), the 56x56
-   heatmap logits of each matched detection, keypoints and keypoint scores.
+2. The whole model in eval mode on several image sizes, single images and mixed-size batches,
+   at the default 800/1333: RPN proposals (as sets), boxes, scores (matched by label and IoU,
+   as test_model_reference), the 56x56 heatmap logits of each matched detection, keypoints and
+   keypoint scores.
 3. Train mode: every loss (loss_keypoint among them) and the keypoint head's gradients.
 
 Weights: torchvision's weights=None model's state dict seeded by the parity fixtures' recipe
@@ -19,7 +20,8 @@ import functools
 import pytest
 import torch
 
-from reference_utils import Maxima, coffee_image, pair_detections, torchvision, write_summary  # noqa: F401
+from reference_utils import (PROPOSAL_ATOL, PROPOSAL_FRACTION, Maxima, coffee_image, pair_detections,  # noqa: F401
+                             proposals_nearest, torchvision, write_summary)
 
 from torchvision.models.detection import keypointrcnn_resnet50_fpn  # noqa: E402
 from torchvision.models.detection.roi_heads import heatmaps_to_keypoints as tv_heatmaps_to_keypoints  # noqa: E402
@@ -99,18 +101,24 @@ def test_heatmap_decoding_equals_torchvision():
 
 # -- 2. eval mode -----------------------------------------------------------------------------------
 
-def run(model, images) -> tuple[list[dict], list[torch.Tensor]]:
-    """Detections (dicts) and the heatmap logits of each image's detections (RoI heads' order =
-    detection order)."""
-    seen, resized = [], []
+def run(model, images, proposals: list[torch.Tensor] | None = None) -> tuple[list[dict], list[torch.Tensor], list[torch.Tensor]]:
+    """Detections (dicts), the heatmap logits of each image's detections (RoI heads' order =
+    detection order) and the RPN's proposals. With `proposals`, the RoI heads get those instead
+    of the model's own RPN output."""
+    seen, resized, rpn_out = [], [], []
     tv_side = hasattr(model.roi_heads, "keypoint_predictor")
     head = model.roi_heads.keypoint_predictor if tv_side else model.roi_heads.keypoint_head
 
     def keep_resized(module, inputs, out):  # detections before the rescale to the original image
         dets = out[0]
         resized.extend((d["boxes"].clone(), d["keypoints"].clone()) for d in dets)
+
+    def keep_proposals(module, inputs, out):  # (proposals, losses), the same on both sides
+        rpn_out.extend(p.detach().clone() for p in out[0])
+        return out if proposals is None else ([p.clone() for p in proposals], out[1])
     hooks = [head.register_forward_hook(lambda m, i, out: seen.append(out.detach().clone())),
-             model.roi_heads.register_forward_hook(keep_resized)]
+             model.roi_heads.register_forward_hook(keep_resized),
+             model.rpn.register_forward_hook(keep_proposals)]
     try:
         with torch.no_grad():
             out = model(images)
@@ -124,7 +132,7 @@ def run(model, images) -> tuple[list[dict], list[torch.Tensor]]:
         dets = out
     for d, (boxes, keypoints) in zip(dets, resized):
         d["boxes_resized"], d["keypoints_resized"] = boxes, keypoints
-    return dets, list(seen[0].split([len(d["boxes"]) for d in dets]))
+    return dets, list(seen[0].split([len(d["boxes"]) for d in dets])), rpn_out
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,60 +140,102 @@ def models():
     return torchvision_keypoint_model(), maskrcnn.from_torchvision(keypoint_state_dict(), "keypoint").eval()
 
 
-# Single images only. The mixed-size batch 480x640 + 640x427 failed on the last run: one of our
-# detections in the second image (score 0.85) had no torchvision counterpart (label and IoU >
-# 0.75); not yet explained (the box path is Mask R-CNN's, whose mixed batches match in
-# test_model_reference), so it is left out here until it is.
-@pytest.mark.parametrize("sizes", [[s] for s in SIZES], ids=lambda s: "+".join(f"{h}x{w}" for h, w in s))
+# Single images, and mixed-size batches: landscape beside portrait (padded to 1216 x 1088, the
+# portrait image 1199 x 800 of it) and a square beside landscape (800 x 1088, 800 x 800 of it).
+#
+# The first batch once failed: our detection 67 of 640x427 (score 0.85, at the right image edge)
+# had no torchvision counterpart. The cause is a tie in the RPN, not a bug: three level-P6
+# proposals 64 px apart in y at that edge ([770.88, y, 800, y + 480], y = 610.9, 546.9, 482.9;
+# the anchors reach into the batch's padding, where the features hardly change along y) have
+# objectness logits -0.243871182, -0.243871197, -0.243875444 in torchvision's float32 (its
+# float64: -0.243871190, -0.243871203, -0.243875620): the first two are one float32 ulp
+# (1.5e-8) apart and their sigmoids are the same float32 (0.439332604). Ours rounds them the
+# other way (probabilities 0.43933260 at y = 610.9, 0.43933266 at y = 546.9), so NMS (IoU 0.76
+# between neighbours) keeps the middle one and drops both others, where torchvision keeps the
+# outer two: 1 of 1,000 proposals differs, and the box
+# head then regresses a different box from it. test_model_reference allows such RPN ties in
+# its proposal sets (PROPOSAL_FRACTION); here a detection on one side only is allowed when its
+# image's proposals differ that way, and then the RoI heads are checked again on the same
+# proposals (torchvision's handed to ours), where every detection must have its counterpart.
+CASES = [[s] for s in SIZES] + [[(480, 640), (640, 427)], [(375, 500), (800, 800)]]
+
+
+@pytest.mark.parametrize("sizes", CASES, ids=lambda s: "+".join(f"{h}x{w}" for h, w in s))
 def test_keypoint_model_matches_torchvision(sizes):
     tv, ours = models()
     images = [coffee_image(h, w, seed=h * 7919 + w) for h, w in sizes]
-    ref, ref_maps = run(tv, images)
-    got, our_maps = run(ours, images)
+    ref, ref_maps, ref_proposals = run(tv, images)
+    got, our_maps, our_proposals = run(ours, images)
     case = "+".join(f"{h}x{w}" for h, w in sizes)
-    for k, (r, o) in enumerate(zip(ref, got)):
+    with_their_proposals = None
+    for k in range(len(images)):
         name = f"{case} image {k}"
-        ri, oi = pair_detections(r, o)
-        assert len(r["boxes"]) > 10, f"{name}: only {len(r['boxes'])} detections; the test needs realistic ones"
-        # A detection may be on one side only when its score is within rounding of a cut: the
-        # score threshold (0.05) or the 100-per-image cap (test_model_reference's rule).
-        for side, dets, paired in (("torchvision", r, ri), ("ours", o, oi)):
-            for i in sorted(set(range(len(dets["boxes"]))) - set(paired.tolist())):
-                score = dets["scores"][i].item()
-                at_cut = abs(score - 0.05) <= SCORE_ATOL or (
-                    len(dets["boxes"]) == 100 and score - dets["scores"].min().item() <= SCORE_ATOL)
-                assert at_cut, f"{name}: {side}'s detection {i} (score {score:.6f}) has no counterpart"
-                MAXIMA.count("detection at a cut on one side only", f"{name}: {side}'s, score {score:.6f}")
-        # original pixels per model pixel (the short side goes to 800 at every size here): the
-        # limits in original pixels grow with it for images larger than the model's
-        ratio = max(1.0, min(images[k].shape[-2:]) / 800)
-        box_diff = (o["boxes"][oi] - r["boxes"][ri]).abs().max().item()
-        MAXIMA.update("box px", box_diff, name)
-        assert box_diff <= BOX_ATOL * max(1, ratio)
-        score_diff = (o["scores"][oi] - r["scores"][ri]).abs().max().item()
-        MAXIMA.update("score", score_diff, name)
-        assert score_diff <= SCORE_ATOL
+        unmatched = [int((proposals_nearest(a, b) > PROPOSAL_ATOL).sum())
+                     for a, b in ((ref_proposals[k], our_proposals[k]), (our_proposals[k], ref_proposals[k]))]
+        for side, count, total in (("torchvision", unmatched[0], len(ref_proposals[k])), ("ours", unmatched[1], len(our_proposals[k]))):
+            assert count <= (1 - PROPOSAL_FRACTION) * total, f"{name}: {count} of {side}'s {total} proposals unmatched"
+        one_sided = compare_image(name, images[k], ref[k], got[k], ref_maps[k], our_maps[k])
+        if not one_sided:
+            continue
+        assert any(unmatched), f"{name}: {'; '.join(one_sided)} without a counterpart, and the proposals match"
+        MAXIMA.count("detection from an RPN tie on one side only", f"{name}: {'; '.join(one_sided)}; "
+                     f"proposals unmatched: torchvision {unmatched[0]}, ours {unmatched[1]}")
+        if with_their_proposals is None:
+            with_their_proposals = run(ours, images, proposals=ref_proposals)
+        redo, redo_maps, _ = with_their_proposals
+        again = compare_image(f"{name} (torchvision's proposals)", images[k], ref[k], redo[k], ref_maps[k], redo_maps[k])
+        assert not again, f"{name}, on torchvision's proposals: {'; '.join(again)} without a counterpart"
 
-        scale = ref_maps[k][ri].abs().amax(dim=(1, 2, 3))
-        heat = ((our_maps[k][oi] - ref_maps[k][ri]).abs().amax(dim=(1, 2, 3)) / scale).max().item()
-        MAXIMA.update("heatmap logit (relative)", heat, name)
-        assert heat <= HEATMAP_RTOL, f"{name}: heatmap logits differ by {heat:.3g} of their largest"
-        kp_scores = ((o["keypoints_scores"][oi] - r["keypoints_scores"][ri]).abs() / scale[:, None]).max().item()
-        MAXIMA.update("keypoint score (relative)", kp_scores, name)
-        assert kp_scores <= HEATMAP_RTOL, f"{name}: keypoint scores differ by {kp_scores:.3g} of the largest logit"
-        assert torch.equal(o["keypoints"][oi][..., 2], r["keypoints"][ri][..., 2])
-        distance = (o["keypoints"][oi][..., :2] - r["keypoints"][ri][..., :2]).abs().amax(-1)
-        moved = distance > KEYPOINT_ATOL * max(1, ratio)
-        if (~moved).any():
-            MAXIMA.update("keypoint px (not moved)", distance[~moved].max().item(), name)
-        if moved.any():
-            MAXIMA.count("keypoint at a tied cell", f"{name}: {int(moved.sum())} of {moved.numel()}, "
-                         f"up to {distance[moved].max().item():.2f} px")
-            for d, p in torch.nonzero(moved).tolist():
-                gap = tie_gap(ref_maps[k][ri[d], p], r["boxes_resized"][ri[d]], o["keypoints_resized"][oi[d], p])
-                MAXIMA.update("moved keypoint: tv's map, max - value at ours (rel.)", gap / scale[d].item(), name)
-                assert gap <= HEATMAP_RTOL * scale[d], f"{name}: detection {d} keypoint {p} moved {distance[d, p]:.2f} px, not a tie"
-        assert moved.float().mean() <= MOVED_FRACTION, f"{name}: {int(moved.sum())} of {moved.numel()} keypoints moved"
+
+def compare_image(name: str, image: torch.Tensor, r: dict, o: dict, ref_maps: torch.Tensor,
+                  our_maps: torch.Tensor) -> list[str]:
+    """Check one image's paired detections (boxes, scores, heatmaps, keypoints); returns the
+    detections on one side only that no cut explains (as "side's i (score s)")."""
+    ri, oi = pair_detections(r, o)
+    assert len(r["boxes"]) > 10, f"{name}: only {len(r['boxes'])} detections; the test needs realistic ones"
+    # A detection may be on one side only when its score is within rounding of a cut: the
+    # score threshold (0.05) or the 100-per-image cap (test_model_reference's rule).
+    one_sided = []
+    for side, dets, paired in (("torchvision", r, ri), ("ours", o, oi)):
+        for i in sorted(set(range(len(dets["boxes"]))) - set(paired.tolist())):
+            score = dets["scores"][i].item()
+            at_cut = abs(score - 0.05) <= SCORE_ATOL or (
+                len(dets["boxes"]) == 100 and score - dets["scores"].min().item() <= SCORE_ATOL)
+            if at_cut:
+                MAXIMA.count("detection at a cut on one side only", f"{name}: {side}'s, score {score:.6f}")
+            else:
+                one_sided.append(f"{side}'s detection {i} (score {score:.6f})")
+    # original pixels per model pixel (the short side goes to 800 at every size here): the
+    # limits in original pixels grow with it for images larger than the model's
+    ratio = max(1.0, min(image.shape[-2:]) / 800)
+    box_diff = (o["boxes"][oi] - r["boxes"][ri]).abs().max().item()
+    MAXIMA.update("box px", box_diff, name)
+    assert box_diff <= BOX_ATOL * max(1, ratio)
+    score_diff = (o["scores"][oi] - r["scores"][ri]).abs().max().item()
+    MAXIMA.update("score", score_diff, name)
+    assert score_diff <= SCORE_ATOL
+
+    scale = ref_maps[ri].abs().amax(dim=(1, 2, 3))
+    heat = ((our_maps[oi] - ref_maps[ri]).abs().amax(dim=(1, 2, 3)) / scale).max().item()
+    MAXIMA.update("heatmap logit (relative)", heat, name)
+    assert heat <= HEATMAP_RTOL, f"{name}: heatmap logits differ by {heat:.3g} of their largest"
+    kp_scores = ((o["keypoints_scores"][oi] - r["keypoints_scores"][ri]).abs() / scale[:, None]).max().item()
+    MAXIMA.update("keypoint score (relative)", kp_scores, name)
+    assert kp_scores <= HEATMAP_RTOL, f"{name}: keypoint scores differ by {kp_scores:.3g} of the largest logit"
+    assert torch.equal(o["keypoints"][oi][..., 2], r["keypoints"][ri][..., 2])
+    distance = (o["keypoints"][oi][..., :2] - r["keypoints"][ri][..., :2]).abs().amax(-1)
+    moved = distance > KEYPOINT_ATOL * max(1, ratio)
+    if (~moved).any():
+        MAXIMA.update("keypoint px (not moved)", distance[~moved].max().item(), name)
+    if moved.any():
+        MAXIMA.count("keypoint at a tied cell", f"{name}: {int(moved.sum())} of {moved.numel()}, "
+                     f"up to {distance[moved].max().item():.2f} px")
+        for d, p in torch.nonzero(moved).tolist():
+            gap = tie_gap(ref_maps[ri[d], p], r["boxes_resized"][ri[d]], o["keypoints_resized"][oi[d], p])
+            MAXIMA.update("moved keypoint: tv's map, max - value at ours (rel.)", gap / scale[d].item(), name)
+            assert gap <= HEATMAP_RTOL * scale[d], f"{name}: detection {d} keypoint {p} moved {distance[d, p]:.2f} px, not a tie"
+    assert moved.float().mean() <= MOVED_FRACTION, f"{name}: {int(moved.sum())} of {moved.numel()} keypoints moved"
+    return one_sided
 
 
 def tie_gap(logits: torch.Tensor, box: torch.Tensor, keypoint: torch.Tensor) -> float:

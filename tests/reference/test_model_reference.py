@@ -25,6 +25,8 @@ import pytest
 import torch
 
 from reference_utils import (
+    PROPOSAL_ATOL,
+    PROPOSAL_FRACTION,
     Maxima,
     Run,
     coffee_image,
@@ -50,8 +52,6 @@ from maskrcnn.checkpoint.seeded import seeded_state_dict  # noqa: E402
 BOX_ATOL = 1e-2  # px, see box_atol()
 SCORE_ATOL = 1e-4
 MASK_ATOL = 2 / 255
-PROPOSAL_ATOL = 0.05  # px, every coordinate
-PROPOSAL_FRACTION = 0.995  # of torchvision's proposals with a counterpart of ours within PROPOSAL_ATOL
 DETECTIONS_PER_IMG = 100  # box_detections_per_img, torchvision's default, in every setting here
 
 MAXIMA = Maxima()

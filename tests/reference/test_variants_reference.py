@@ -12,7 +12,8 @@ import functools
 import pytest
 import torch
 
-from reference_utils import coffee_image, pair_detections, proposals_nearest, recipe_state_dict, torchvision
+from reference_utils import (PROPOSAL_ATOL, PROPOSAL_FRACTION, coffee_image, pair_detections, proposals_nearest,
+                             recipe_state_dict, torchvision)
 from test_ops_reference import roi_align_atol, roi_case
 from torchvision.models import detection as tv_detection
 from torchvision.ops.poolers import LevelMapper
@@ -76,8 +77,6 @@ RECIPE = {"faster": "v1", "faster_v2": "v2"}
 SCORE_THRESH = 0.1
 SCORE_ATOL = 1e-4  # as test_model_reference.py (the fixture README's tolerances)
 BOX_ATOL = 1e-2  # px in the model's resolution; images here are scaled by at most 1.5x
-PROPOSAL_ATOL = 0.05
-PROPOSAL_FRACTION = 0.995
 SETTINGS = {  # (variant, options): 320/533 as the v1/v2 sweep, and the defaults at 800/1333
     "faster-320": ("faster", dict(min_size=320, max_size=533, rpn_post_nms_top_n_test=500)),
     "faster-800": ("faster", {}),

@@ -19,7 +19,7 @@ from ...ops import MultiScaleRoIAlign
 from ...structures import Detections
 from ..matcher import crowd_mask
 from .box_head import BoxPredictor, box_losses, postprocess_boxes
-from .mask_head import MaskHead, mask_loss, select_class
+from .mask_head import MaskHead, mask_loss, mask_probabilities, select_class
 from .roi_heads import RoIHeads
 
 
@@ -38,8 +38,9 @@ class Res5RoIHeads(RoIHeads):
     """RoIHeads with res5 shared by the box and mask branches.
 
     res5: the ResNet's c5 stage ((R, C4, 14, 14) -> (R, C5, 7, 7)); pooler: one-level 14x14
-    RoIAlign at stride 16; mask_head: a MaskHead with no convs on C5 channels (None: boxes only).
-    The other options are RoIHeads'.
+    RoIAlign (or RoIPool / RoIWarp) at stride 16; mask_head: a MaskHead with no convs on C5
+    channels (None: boxes only), class-specific or class-agnostic. The other options are
+    RoIHeads', mask_loss ("sigmoid" / "softmax") among them.
     """
 
     def __init__(
@@ -76,7 +77,8 @@ class Res5RoIHeads(RoIHeads):
         if not self.has_mask:
             return [Detections(boxes=b, scores=s, labels=l) for b, s, l in results]
         boxes = [r[0] for r in results]
-        mask_probs = self.mask_logits(features, boxes, torch.cat([r[2] for r in results])).sigmoid()
+        mask_probs = mask_probabilities(self.mask_head(self.res5_features(features, boxes)),
+                                        torch.cat([r[2] for r in results]), self.mask_head.first_class, self.mask_loss)
         return [Detections(boxes=b, scores=s, labels=l, masks=m)
                 for (b, s, l), m in zip(results, mask_probs.split([b.shape[0] for b in boxes]))]
 
@@ -101,6 +103,6 @@ class Res5RoIHeads(RoIHeads):
             losses["loss_mask"] = mask_loss(
                 self.mask_head(res5[rows]), torch.cat([l[i] for l, i in zip(labels, positive)]),
                 [p[i] for p, i in zip(props, positive)], gt_masks,
-                [m[i] for m, i in zip(matched_idxs, positive)], self.mask_head.first_class,
+                [m[i] for m, i in zip(matched_idxs, positive)], self.mask_head.first_class, self.mask_loss,
             )
         return losses
