@@ -19,6 +19,18 @@ LITERAL_MASK = np.array(
 LITERAL_RLE = "4 3 9 2 15 2"
 
 
+def need_export() -> None:
+    """Skip, saying why, where this torch cannot export to ONNX (torch < 2.6): the package's own
+    reason, so the skip and the error a user gets say the same."""
+    import pytest
+
+    from maskrcnn.export.onnx import export_unsupported_reason
+
+    reason = export_unsupported_reason()
+    if reason is not None:
+        pytest.skip(reason, allow_module_level=True)
+
+
 def load_coffee() -> torch.Tensor:
     """coffee.png as the fixtures' input: RGB uint8 -> float32 (3, H, W) / 255."""
     array = np.array(Image.open(PARITY / "coffee.png").convert("RGB"))
