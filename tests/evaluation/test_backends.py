@@ -7,61 +7,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pycocotools.mask as mask_util
 import pytest
 
 from maskrcnn.data import generate_shapes_dataset
 from maskrcnn.data.keypoint_shapes import generate_keypoint_shapes_dataset
 from maskrcnn.evaluation import METRICS, COCOEvaluator
 from maskrcnn.evaluation.coco_evaluator import evaluate_results, load_coco_gt
+from testing_utils import coco_results_near
 
 pytest.importorskip("faster_coco_eval")
-
-
-def detections_from(gt, seed: int) -> list[dict]:
-    """COCO results near the ground truth: each object found with a shifted mask (its box and
-    area from that mask), some under another class, keypoints moved, plus false positives."""
-    rng = np.random.default_rng(seed)
-    images = {im["id"]: im for im in gt.dataset["images"]}
-    cat_ids = sorted(gt.getCatIds())
-    num_keypoints = max([len(c.get("keypoints", [])) for c in gt.dataset["categories"]])
-    results = []
-
-    def random_keypoints(image):
-        xs, ys = rng.uniform(0, image["width"], num_keypoints), rng.uniform(0, image["height"], num_keypoints)
-        return [float(v) for v in np.column_stack([xs, ys, np.ones(num_keypoints)]).reshape(-1)]
-
-    def add(image_id, category_id, mask, keypoints=None):
-        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-        entry = {"image_id": image_id, "category_id": category_id, "score": float(rng.uniform(0.05, 1.0)),
-                 "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                 "bbox": [float(v) for v in mask_util.toBbox(rle)]}
-        if keypoints is not None:
-            entry["keypoints"] = keypoints
-        results.append(entry)
-
-    for ann in gt.dataset["annotations"]:
-        if rng.uniform() < 0.1:
-            continue  # missed
-        mask = np.roll(gt.annToMask(ann), tuple(rng.integers(-4, 5, 2)), axis=(0, 1))
-        category = ann["category_id"] if rng.uniform() > 0.15 else int(rng.choice(cat_ids))
-        keypoints = None
-        if "keypoints" in ann:
-            kp = np.asarray(ann["keypoints"], dtype=float).reshape(-1, 3)
-            kp[:, :2] += rng.normal(0, 2.0, (len(kp), 2))
-            kp[:, 2] = 1
-            keypoints = [float(v) for v in kp.reshape(-1)]
-        elif num_keypoints:
-            keypoints = random_keypoints(images[ann["image_id"]])
-        add(ann["image_id"], category, mask, keypoints)
-    for image_id, image in images.items():  # false positives
-        for _ in range(int(rng.integers(0, 3))):
-            h, w = image["height"], image["width"]
-            y, x = rng.integers(0, h - 10), rng.integers(0, w - 10)
-            mask = np.zeros((h, w), bool)
-            mask[y: y + int(rng.integers(5, 40)), x: x + int(rng.integers(5, 40))] = True
-            add(image_id, int(rng.choice(cat_ids)), mask, random_keypoints(image) if num_keypoints else None)
-    return results
 
 
 def assert_same(gt, results, iou_type):
@@ -87,7 +41,7 @@ def shapes(tmp_path_factory):
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 def test_boxes_and_masks_as_pycocotools(shapes, iou_type):
-    results = detections_from(shapes, seed=0)
+    results = coco_results_near(shapes, seed=0)
     assert_same(shapes, results, iou_type)
     # and on a subset of the images, as one process of a distributed evaluation passes them
     subset = [i for i in shapes.getImgIds() if i % 2]
@@ -99,13 +53,13 @@ def test_boxes_and_masks_as_pycocotools(shapes, iou_type):
 
 def test_keypoints_as_pycocotools(tmp_path):
     gt = load_coco_gt(generate_keypoint_shapes_dataset(tmp_path, 16, image_size=(160, 160), seed=1))
-    assert_same(gt, detections_from(gt, seed=1), "keypoints")
+    assert_same(gt, coco_results_near(gt, seed=1), "keypoints")
 
 
 def test_the_evaluator_takes_the_backend(shapes):
     with pytest.raises(ValueError, match="unknown evaluation backend 'fast'; use 'pycocotools' or 'faster-coco-eval'"):
         COCOEvaluator(shapes, backend="fast")
-    results = detections_from(shapes, seed=2)
+    results = coco_results_near(shapes, seed=2)
     numbers = {}
     for backend in ("pycocotools", "faster-coco-eval"):
         evaluator = COCOEvaluator(shapes, backend=backend)
