@@ -16,7 +16,7 @@ arithmetic); ONNX Runtime's kernels compute the same IoU ((a1 + a2) - inter, "> 
 float32, ties to the lower index) and the same RoIAlign sampling.
 """
 # No `from __future__ import annotations` here: torch.library.custom_op reads the signature's
-# annotations as objects, and torch < 2.5 cannot resolve them from strings.
+# annotations as objects, and torch 2.4 cannot resolve them from strings (2.13 can).
 import torch
 from torch import Tensor
 
