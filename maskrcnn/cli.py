@@ -50,7 +50,8 @@ def version() -> str:
 
 def usage() -> str:
     lines = ["usage: maskrcnn <command> [options]", "       maskrcnn --version", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    width = max(len(name) for name in COMMANDS)
+    lines += [f"  {name:<{width}} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`maskrcnn <command> --help` for a command's options."]
     return "\n".join(lines)
 
