@@ -16,6 +16,7 @@ COMMANDS = {
     "inspect": ("maskrcnn.inference.inspect", "main", "draw anchors, proposals, sampled RoIs and mask targets"),
     "serve": ("maskrcnn.serve.cli", "main", "an HTTP service and web page for a model (extra: serve)"),
     "convert": ("maskrcnn.data.convert", "convert_main", "convert LabelMe / mask PNGs / RLE CSV to COCO JSON"),
+    "check-data": ("maskrcnn.data.check", "main", "a COCO dataset's statistics and problems (and a picture)"),
 }
 
 # The exit status of a process killed by SIGPIPE (128 + 13), what `yes | head` reports for `yes`.
@@ -49,7 +50,8 @@ def version() -> str:
 
 def usage() -> str:
     lines = ["usage: maskrcnn <command> [options]", "       maskrcnn --version", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    width = max(len(name) for name in COMMANDS)
+    lines += [f"  {name:<{width}} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`maskrcnn <command> --help` for a command's options."]
     return "\n".join(lines)
 

@@ -30,6 +30,8 @@ import pytest
 import torch
 from PIL import Image
 
+from testing_utils import need_export
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
@@ -219,6 +221,7 @@ def test_train_section(workspace, monkeypatch):
 @pytest.mark.slow
 def test_export_section(workspace, monkeypatch):
     pytest.importorskip("onnxruntime")
+    need_export()
     _run_section("Export to ONNX", workspace, "slow", monkeypatch)
     assert (workspace / "model.onnx").is_file()
 

@@ -19,6 +19,18 @@ LITERAL_MASK = np.array(
 LITERAL_RLE = "4 3 9 2 15 2"
 
 
+def need_export() -> None:
+    """Skip, saying why, where this torch cannot export to ONNX (torch < 2.6): the package's own
+    reason, so the skip and the error a user gets say the same."""
+    import pytest
+
+    from maskrcnn.export.onnx import export_unsupported_reason
+
+    reason = export_unsupported_reason()
+    if reason is not None:
+        pytest.skip(reason, allow_module_level=True)
+
+
 def load_coffee() -> torch.Tensor:
     """coffee.png as the fixtures' input: RGB uint8 -> float32 (3, H, W) / 255."""
     array = np.array(Image.open(PARITY / "coffee.png").convert("RGB"))
@@ -59,3 +71,52 @@ def spread_output_layers(model) -> None:
         mask = model.roi_heads.mask_head.predictor
         mask.weight.normal_(0, 0.5)
         mask.bias.zero_()
+
+
+def coco_results_near(gt, seed: int) -> list[dict]:
+    """COCO results near a pycocotools COCO ground truth, for comparing evaluators: each object
+    found with a shifted mask (its box and area from that mask), some missed, some under another
+    class, keypoints moved, plus false positives; scores at random."""
+    import pycocotools.mask as mask_util
+
+    rng = np.random.default_rng(seed)
+    images = {im["id"]: im for im in gt.dataset["images"]}
+    cat_ids = sorted(gt.getCatIds())
+    num_keypoints = max([len(c.get("keypoints", [])) for c in gt.dataset["categories"]])
+    results = []
+
+    def random_keypoints(image):
+        xs, ys = rng.uniform(0, image["width"], num_keypoints), rng.uniform(0, image["height"], num_keypoints)
+        return [float(v) for v in np.column_stack([xs, ys, np.ones(num_keypoints)]).reshape(-1)]
+
+    def add(image_id, category_id, mask, keypoints=None):
+        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+        entry = {"image_id": image_id, "category_id": category_id, "score": float(rng.uniform(0.05, 1.0)),
+                 "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                 "bbox": [float(v) for v in mask_util.toBbox(rle)]}
+        if keypoints is not None:
+            entry["keypoints"] = keypoints
+        results.append(entry)
+
+    for ann in gt.dataset["annotations"]:
+        if rng.uniform() < 0.1:
+            continue  # missed
+        mask = np.roll(gt.annToMask(ann), tuple(rng.integers(-4, 5, 2)), axis=(0, 1))
+        category = ann["category_id"] if rng.uniform() > 0.15 else int(rng.choice(cat_ids))
+        keypoints = None
+        if "keypoints" in ann:
+            kp = np.asarray(ann["keypoints"], dtype=float).reshape(-1, 3)
+            kp[:, :2] += rng.normal(0, 2.0, (len(kp), 2))
+            kp[:, 2] = 1
+            keypoints = [float(v) for v in kp.reshape(-1)]
+        elif num_keypoints:
+            keypoints = random_keypoints(images[ann["image_id"]])
+        add(ann["image_id"], category, mask, keypoints)
+    for image_id, image in images.items():  # false positives
+        for _ in range(int(rng.integers(0, 3))):
+            h, w = image["height"], image["width"]
+            y, x = rng.integers(0, h - 10), rng.integers(0, w - 10)
+            mask = np.zeros((h, w), bool)
+            mask[y: y + int(rng.integers(5, 40)), x: x + int(rng.integers(5, 40))] = True
+            add(image_id, int(rng.choice(cat_ids)), mask, random_keypoints(image) if num_keypoints else None)
+    return results

@@ -450,6 +450,12 @@ class CocoDataset(Dataset):
         """The JSON `images` entry of sample `index`."""
         return dict(self._images[index])
 
+    def annotations(self, index: int) -> list[dict[str, Any]]:
+        """Sample `index`'s checked annotations, as the targets are made from them: "id", "box"
+        (x1, y1, x2, y2 in pixels, clipped to the image), "label", "iscrowd", "segmentation",
+        "keypoints" (None without keypoint categories)."""
+        return [dict(a) for a in self._anns[index]]
+
     def get_height_and_width(self, index: int) -> tuple[int, int]:
         """(H, W) from the JSON without opening the file (torchvision's name, for aspect-ratio grouping)."""
         img = self._images[index]

@@ -12,6 +12,10 @@
 Numbers are pycocotools' own, as fractions in [0, 1] (COCOeval.stats[0:6]); -1 is what
 pycocotools reports when no ground truth falls in a category or size range. Only the images
 passed to `process` are evaluated, so a subset (or one process's shard) is evaluated correctly.
+
+backend="faster-coco-eval" computes the same numbers with the faster-coco-eval package (its
+matching and accumulation in C++; an optional extra): tests/evaluation/test_backends.py checks
+that they agree.
 """
 from __future__ import annotations
 
@@ -35,6 +39,31 @@ from .keypoints import keypoint_sigmas as oks_sigmas
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm", "keypoints")
+BACKENDS = ("pycocotools", "faster-coco-eval")
+
+
+def _faster_coco_eval():
+    """faster-coco-eval's COCO and COCOeval classes, or an error that says how to get them."""
+    try:
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        raise ImportError('the faster-coco-eval backend needs its package: pip install -e ".[faster-eval]" '
+                          "(or pip install faster-coco-eval)") from None
+    return FasterCOCO, COCOeval_faster
+
+
+def ground_truth_for(coco_gt: COCO, backend: str):
+    """The ground truth as `backend` evaluates it: pycocotools' COCO itself, or faster-coco-eval's
+    COCO built from the same annotations (build it once per evaluation: it indexes them all)."""
+    if backend == "pycocotools":
+        return coco_gt
+    if backend != "faster-coco-eval":
+        raise ValueError(f"unknown evaluation backend {backend!r}; use {' or '.join(map(repr, BACKENDS))}")
+    faster_coco, _ = _faster_coco_eval()
+    if isinstance(coco_gt, faster_coco):
+        return coco_gt
+    return faster_coco(copy.deepcopy(coco_gt.dataset), print_function=lambda *args: None)
 
 
 def load_coco_gt(source: str | Path | dict | COCO) -> COCO:
@@ -63,6 +92,7 @@ class COCOEvaluator:
         iou_types: "bbox", "segm" and/or "keypoints".
         mask_threshold: pasted mask probabilities >= this are foreground.
         keypoint_sigmas: OKS sigma per keypoint (default: COCO's for 17, else their mean).
+        backend: "pycocotools" or "faster-coco-eval" (the same numbers, faster; optional extra).
     """
 
     def __init__(
@@ -74,8 +104,14 @@ class COCOEvaluator:
         iou_types: Iterable[str] = ("bbox", "segm"),
         mask_threshold: float = 0.5,
         keypoint_sigmas: Sequence[float] | None = None,
+        backend: str = "pycocotools",
     ):
         self.coco_gt = load_coco_gt(coco_gt)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown evaluation backend {backend!r}; use {' or '.join(map(repr, BACKENDS))}")
+        if backend != "pycocotools":
+            _faster_coco_eval()  # a missing package is reported now, not after the inference
+        self.backend = backend
         self.iou_types = tuple(iou_types)
         unknown = [t for t in self.iou_types if t not in IOU_TYPES]
         if unknown:
@@ -131,8 +167,10 @@ class COCOEvaluator:
         # what was evaluated, all processes' together, for plots (confusion matrix)
         self.evaluated_results, self.evaluated_image_ids = results, image_ids
         self.precision = {}
-        return {t: evaluate_results(self.coco_gt, results, t, image_ids, self.class_names,
-                                    keypoint_sigmas=self.keypoint_sigmas, precision_out=self.precision)
+        gt = ground_truth_for(self.coco_gt, self.backend)
+        return {t: evaluate_results(gt, results, t, image_ids, self.class_names,
+                                    keypoint_sigmas=self.keypoint_sigmas, precision_out=self.precision,
+                                    backend=self.backend)
                 for t in self.iou_types}
 
 
@@ -142,11 +180,19 @@ def evaluate_results(
     class_names: Sequence[str] | None = None,
     keypoint_sigmas: Sequence[float] | None = None,
     precision_out: dict[str, np.ndarray] | None = None,
+    backend: str = "pycocotools",
 ) -> dict[str, Any]:
     """COCOeval on one IoU type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}.
     "keypoints" evaluates the categories with keypoint names only (COCO's person).
     precision_out: if given, gets COCOeval's eval["precision"] array under the IoU type
-    (nothing when there are no results to evaluate)."""
+    (nothing when there are no results to evaluate). backend: whose COCOeval runs (coco_gt:
+    pycocotools' COCO, or `ground_truth_for(coco_gt, backend)` to convert it only once)."""
+    coco_gt = ground_truth_for(coco_gt, backend)
+    if backend == "pycocotools":
+        new_eval = COCOeval
+    else:
+        _, faster_eval = _faster_coco_eval()
+        new_eval = lambda gt, dt, kind: faster_eval(gt, dt, kind, print_function=lambda *args: None)  # noqa: E731
     all_cat_ids = sorted(coco_gt.getCatIds())
     names = list(class_names) if class_names is not None and len(class_names) == len(all_cat_ids) else \
         [coco_gt.cats[c].get("name", str(c)) for c in all_cat_ids]
@@ -171,7 +217,7 @@ def evaluate_results(
         return {**{m: value for m in METRICS}, "per_class": {n: value for n in names}}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco_dt = coco_gt.loadRes(results)
-        coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+        coco_eval = new_eval(coco_gt, coco_dt, iou_type)
         if image_ids is not None:
             coco_eval.params.imgIds = list(image_ids)
         if iou_type == "keypoints":

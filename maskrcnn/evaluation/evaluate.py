@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="score the model's i-th class as the data's i-th category even when their names differ")
     parser.add_argument("--plots", metavar="DIR", help="write precision-recall curves, per-class AP bars and a "
                         "confusion matrix (PNG, needs matplotlib: the [plots] extra) into DIR")
+    parser.add_argument("--backend", choices=["pycocotools", "faster-coco-eval"], default="pycocotools",
+                        help="who computes AP: the same numbers; faster-coco-eval (the [faster-eval] extra) is faster")
     parser.add_argument("--plot-score-threshold", type=float, default=0.5, metavar="S",
                         help="detections scoring >= S count in the confusion matrix (default: 0.5)")
     args = parser.parse_args(argv)
@@ -154,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             print("maskrcnn eval: the model has no mask branch: no segm evaluation", file=sys.stderr)
             iou_types = [t for t in iou_types if t != "segm"] or ["bbox"]
         evaluator = COCOEvaluator(args.data, label_to_category_id=label_mapping(model, dataset, by_position=args.map_classes_by_position),
-                                  class_names=dataset.class_names, iou_types=iou_types)
-    except (OSError, ValueError, RuntimeError, DataError) as e:
+                                  class_names=dataset.class_names, iou_types=iou_types, backend=args.backend)
+    except (OSError, ValueError, RuntimeError, DataError, ImportError) as e:
         print(f"maskrcnn eval: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()

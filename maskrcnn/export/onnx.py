@@ -56,7 +56,25 @@ OUTPUT_CONVENTION = (
 )
 
 
+# The exporter used here, torch.onnx.export(dynamo=True, custom_translation_table=...), is torch
+# 2.6's; the rest of the package keeps to torch 2.4 (pyproject's floor).
+EXPORT_NEEDS_TORCH = (2, 6)
+
+
+def export_unsupported_reason() -> str | None:
+    """Why this PyTorch cannot export, in words (None when it can)."""
+    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    if version < EXPORT_NEEDS_TORCH:
+        return (f"ONNX export needs torch >= {'.'.join(map(str, EXPORT_NEEDS_TORCH))} (this is {torch.__version__}); "
+                "running an exported graph needs only onnxruntime")
+    return None
+
+
 def _require_onnx():
+    # torch first: installing the extra would not help an older torch
+    reason = export_unsupported_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -65,10 +83,6 @@ def _require_onnx():
             f"ONNX export needs onnx and onnxscript ({e.name} is missing): pip install -e \".[onnx]\" "
             "(or pip install onnx onnxruntime onnxscript)"
         ) from None
-    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-    if version < (2, 6):  # torch.onnx.export(dynamo=True, custom_translation_table=...)
-        raise RuntimeError(f"ONNX export needs torch >= 2.6 (this is {torch.__version__}); running an exported "
-                           "graph needs only onnxruntime")
 
 
 def _example_inputs(model: MaskRCNN) -> tuple[list[torch.Tensor], torch.Tensor]:

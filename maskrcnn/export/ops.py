@@ -15,8 +15,8 @@ Both are exact for what the graph needs: the eager versions call maskrcnn.ops (t
 arithmetic); ONNX Runtime's kernels compute the same IoU ((a1 + a2) - inter, "> threshold" in
 float32, ties to the lower index) and the same RoIAlign sampling.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: torch.library.custom_op reads the signature's
+# annotations as objects, and torch 2.4 cannot resolve them from strings (2.13 can).
 import torch
 from torch import Tensor
 

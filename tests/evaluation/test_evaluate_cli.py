@@ -70,3 +70,16 @@ def test_eval_plots(shapes, tmp_path, capsys):
     truth = json.loads(shapes.read_text())["annotations"]
     assert sum(int(v) for row in rows[1:4] for v in row.split(",")[1:]) == len(truth)
     assert "wrote 6 plot files" in capsys.readouterr().out
+
+
+def test_missing_faster_coco_eval_says_how_to_install(shapes, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # as if not installed
+    weights = save_model(small_model(4, ["circle", "square", "triangle"]), tmp_path / "m.safetensors")
+    code = main(["--weights", str(weights), "--data", str(shapes), "--images", str(shapes.parent / "images"),
+                 "--device", "cpu", "--workers", "0", "--backend", "faster-coco-eval"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "maskrcnn eval: the faster-coco-eval backend needs its package: pip install -e \".[faster-eval]\"" in err
+    assert "Traceback" not in err

@@ -9,6 +9,7 @@ import pytest
 # conftest is imported before pytest puts this folder on sys.path for the test modules
 sys.path.insert(0, str(Path(__file__).parent))
 from export_helpers import CATEGORY_IDS, make_small_model
+from testing_utils import need_export
 
 
 def _need_onnx():
@@ -25,6 +26,7 @@ def small_model():
 def small_onnx(small_model, tmp_path_factory):
     """small_model exported with paste: the graph has both mask outputs."""
     _need_onnx()
+    need_export()
     from maskrcnn.export import export_onnx
 
     path = tmp_path_factory.mktemp("onnx") / "small_v1.onnx"

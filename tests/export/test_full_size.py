@@ -10,11 +10,12 @@ import maskrcnn
 from maskrcnn.checkpoint.seeded import seeded_state_dict
 
 from export_helpers import assert_same_detections
-from testing_utils import load_coffee, parity_keys
+from testing_utils import load_coffee, need_export, parity_keys
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+need_export()
 
 
 def test_resnet50_fpn_on_coffee(tmp_path):

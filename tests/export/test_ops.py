@@ -13,6 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from maskrcnn.export import ops  # noqa: E402
+from testing_utils import need_export  # noqa: E402
 
 
 class Ops(nn.Module):
@@ -38,6 +39,7 @@ def random_inputs(seed: int):
 
 
 def test_custom_ops_match_their_onnx_nodes(tmp_path):
+    need_export()
     example = random_inputs(0)
     dynamic = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}, {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO},
                None, {0: torch.export.Dim.AUTO}, {0: torch.export.Dim.AUTO})

@@ -20,10 +20,12 @@ from maskrcnn.cli import main as cli_main
 from maskrcnn.data import generate_shapes_dataset
 
 from export_helpers import assert_same_detections, make_image
+from testing_utils import need_export
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
+need_export()
 
 # The demo's config (v2 heads) made small enough for a few seconds of training on 2 cores.
 CONFIG = Path(maskrcnn.__file__).parent / "configs" / "shapes_cpu.yaml"

@@ -7,6 +7,7 @@ import pytest
 
 from inference_helpers import make_image, make_tiny_model
 from serve_helpers import encode, make_client
+from testing_utils import need_export
 
 pytest.importorskip("onnxruntime")
 
@@ -15,6 +16,7 @@ pytest.importorskip("onnxruntime")
 def test_serving_an_onnx_model_gives_its_results(tmp_path, tiny_predictor):
     import maskrcnn
 
+    need_export()
     path = maskrcnn.export_onnx(make_tiny_model(), tmp_path / "model.onnx", paste=True)
     predictor = maskrcnn.load_model(path)
     image = make_image(0)
