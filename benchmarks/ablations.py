@@ -89,13 +89,14 @@ PAPER: dict[str, tuple] = {
     "softmax": (24.8, 44.1, 25.1, None, "R-50-C4, Tab. 2b"),
     "agnostic": (29.7, None, None, None, "R-50-C4, Sec. 4.2"),
     "mlp": (31.5, 53.7, 32.8, None, "R-50-FPN, Tab. 2e"),
-    "no_mask": (None, None, None, 37.3, "X-101-FPN, Tab. 3"),
+    "no_mask": (None, None, None, 37.3, "R-101-FPN, Tab. 3"),
     "c4": (30.3, 51.2, 31.5, None, "R-50-C4, Tab. 2a"),
 }
 # Their references in the same tables: FPN FCN baseline of Tab. 2e and the Mask R-CNN box AP of
-# Tab. 3 (X-101-FPN, test-dev), printed under the table.
+# Tab. 3 on the same backbone as its "Faster R-CNN, RoIAlign" row (ResNet-101-FPN, test-dev: 38.2
+# against 37.3, the 0.9 the paper credits to multi-task training; its 39.8 is ResNeXt-101-FPN).
 PAPER_FPN_FCN = (33.6, 55.2, 35.3)
-PAPER_MASK_RCNN_BOX = 39.8
+PAPER_MASK_RCNN_BOX = 38.2
 
 SCHEDULE = dict(train_images=300, val_images=100, iterations=400, warmup=100, lr=0.04)
 
@@ -111,7 +112,7 @@ def run_variant(name: str, overrides: dict, data: dict, out: Path, args) -> dict
         f"solver.max_iter={args.iterations}", f"solver.base_lr={args.lr}",
         f"solver.warmup_iters={args.warmup}",
         f"train.output_dir={out / name}", f"train.seed={args.seed}", f"train.checkpoint_period={args.iterations}",
-        "train.progress=false", "train.tensorboard=false", f"train.log_period={args.iterations // 4}",
+        "train.progress=false", "train.tensorboard=false", f"train.log_period={max(1, args.iterations // 4)}",
         *preset_overrides,
     ])
     start = time.perf_counter()
@@ -153,7 +154,7 @@ def print_table(results: dict, args) -> None:
               f"{fmt(r['box_AP'], width=6)} {r['seconds_per_iter']:6.3f} | "
               f"paper: {paper_cells(p[:4])}  ({p[4]})")
     print(f"paper references: R-50-FPN with FCN mask head (Tab. 2e) {paper_cells(PAPER_FPN_FCN)}; "
-          f"Mask R-CNN box AP, X-101-FPN (Tab. 3) {PAPER_MASK_RCNN_BOX:.1f}")
+          f"Mask R-CNN box AP, R-101-FPN (Tab. 3) {PAPER_MASK_RCNN_BOX:.1f}")
     print("AP in percent (COCO AP over IoU 0.5:0.95). The paper's rows are COCO, on the backbone named; "
           "compare directions, not values.")
 

@@ -31,16 +31,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
+from statistics import mean
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maskrcnn.data import generate_shapes_dataset  # noqa: E402
 from maskrcnn.engine.config import load_config  # noqa: E402
-from maskrcnn.engine.train import train  # noqa: E402
+from maskrcnn.engine.train import NonFiniteLossError, train  # noqa: E402
 from maskrcnn.io import write_json_atomic  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
@@ -49,6 +51,55 @@ VARIANTS: dict[str, list[str]] = {
     "gn": ["model.backbone_norm=gn", "model.gn_groups=8"],
     "gn_heads": ["model.backbone_norm=gn", "model.head_norm=gn", "model.gn_groups=8"],
 }
+RECIPE_LR = 0.04  # configs/shapes_cpu.yaml's solver.base_lr
+
+
+def train_one(name: str, lr: float, seed: int, data: dict, out: Path, args) -> dict:
+    """Trains one variant at one learning rate and seed; returns its table row."""
+    run_dir = out / "runs" / f"{name}_lr{lr:g}_seed{seed}"
+    if run_dir.exists():  # a previous run of this script: start afresh, never resume
+        shutil.rmtree(run_dir)
+    train_ann, val_ann = data["train"], data["val"]
+    cfg = load_config("shapes_cpu.yaml", [
+        f"data.train_annotations={train_ann}", f"data.train_images={train_ann.parent / 'images'}",
+        f"data.val_annotations={val_ann}", f"data.val_images={val_ann.parent / 'images'}",
+        f"solver.max_iter={args.iterations}", f"solver.warmup_iters={min(100, args.iterations // 4)}",
+        f"solver.base_lr={lr}", f"train.seed={seed}", f"train.output_dir={run_dir}",
+        "train.progress=false", "train.tensorboard=false", f"train.num_threads={args.threads}",
+        f"train.checkpoint_period={args.iterations}", f"train.log_period={max(1, args.iterations // 20)}",
+        *VARIANTS[name],
+    ])
+    row = {"variant": name, "lr": lr, "seed": seed, "overrides": VARIANTS[name]}
+    start = time.perf_counter()
+    try:
+        result = train(cfg)
+    except NonFiniteLossError as e:  # a diverged run is a result of the sweep, not a crash of it
+        return {**row, "diverged": str(e).splitlines()[0]}
+    seconds = time.perf_counter() - start
+    segm, bbox = result.eval_results["segm"], result.eval_results["bbox"]
+    return {**row, "mask_AP": segm["AP"], "mask_AP50": segm["AP50"], "mask_AP75": segm["AP75"],
+            "box_AP": bbox["AP"], "seconds": round(seconds, 1), "s_per_iter": round(seconds / args.iterations, 3)}
+
+
+def print_table(rows: list[dict], args) -> None:
+    print(f"\n{args.iterations} iterations x 4 images, {args.train_images} training / {args.val_images} held-out "
+          f"shapes images; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'backbone norm':<14}{'lr':>6}{'seed':>5}{'mask AP':>9}{'AP50':>8}{'AP75':>8}{'box AP':>8}{'s/iter':>8}")
+    for r in rows:
+        head = f"{r['variant']:<14}{r['lr']:>6g}{r['seed']:>5}"
+        if "diverged" in r:
+            print(f"{head}  diverged (non-finite loss)")
+            continue
+        print(f"{head}{r['mask_AP']:>9.3f}{r['mask_AP50']:>8.3f}{r['mask_AP75']:>8.3f}{r['box_AP']:>8.3f}"
+              f"{r['s_per_iter']:>8.2f}")
+    # Each variant at its best learning rate (mean mask AP over the seeds run; a diverged run counts 0).
+    print(f"\nbest learning rate per variant (mean mask AP over seeds {', '.join(map(str, args.seeds))}):")
+    for name in args.variants:
+        by_lr = {lr: mean(r.get("mask_AP", 0.0) for r in rows if r["variant"] == name and r["lr"] == lr)
+                 for lr in args.lrs}
+        best = max(by_lr, key=by_lr.get)
+        print(f"  {name:<12} lr {best:g}: mask AP {by_lr[best]:.3f}   "
+              + "  ".join(f"lr {lr:g}: {ap:.3f}" for lr, ap in by_lr.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,46 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-images", type=int, default=300)
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--variants", nargs="+", default=["frozen_bn", "bn", "gn"], choices=list(VARIANTS))
+    parser.add_argument("--lrs", nargs="+", type=float, default=[RECIPE_LR],
+                        help=f"learning rates to sweep, each variant trained at each (default: the recipe's {RECIPE_LR})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="seeds: each draws its own data, data order and initialization")
     parser.add_argument("--out", default="/tmp/norms_from_scratch")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice; 1 on a "
                         "busy machine, where two threads wait on each other)")
     args = parser.parse_args(argv)
+    if args.iterations < 1:
+        parser.error(f"--iterations must be >= 1, got {args.iterations}")
     out = Path(args.out)
-    train_ann = generate_shapes_dataset(out / "data" / "train", args.train_images, seed=args.seed)
-    val_ann = generate_shapes_dataset(out / "data" / "val", args.val_images, seed=args.seed + 10_000)
-    common = [
-        f"data.train_annotations={train_ann}", f"data.train_images={train_ann.parent / 'images'}",
-        f"data.val_annotations={val_ann}", f"data.val_images={val_ann.parent / 'images'}",
-        f"solver.max_iter={args.iterations}", f"solver.warmup_iters={min(100, args.iterations // 4)}",
-        f"train.seed={args.seed}", "train.progress=false", "train.tensorboard=false", f"train.num_threads={args.threads}",
-        f"train.checkpoint_period={args.iterations}", f"train.log_period={max(1, args.iterations // 20)}",
-    ]
     rows = []
-    for name in args.variants:
-        run_dir = out / "runs" / name
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
-        cfg = load_config("shapes_cpu.yaml", common + [f"train.output_dir={run_dir}"] + VARIANTS[name])
-        start = time.perf_counter()
-        result = train(cfg)
-        seconds = time.perf_counter() - start
-        segm, bbox = result.eval_results["segm"], result.eval_results["bbox"]
-        rows.append({"variant": name, "overrides": VARIANTS[name], "mask_AP": segm["AP"], "mask_AP50": segm["AP50"],
-                     "mask_AP75": segm["AP75"], "box_AP": bbox["AP"], "seconds": round(seconds, 1),
-                     "s_per_iter": round(seconds / args.iterations, 3)})
-        print(json.dumps(rows[-1]), flush=True)
-    summary = {"iterations": args.iterations, "train_images": args.train_images, "val_images": args.val_images,
-               "load_average": os.getloadavg(), "cpus": os.cpu_count(), "rows": rows}
-    write_json_atomic(summary, out / "summary.json")
-    print(f"\n{args.iterations} iterations x 4 images, {args.train_images} training / {args.val_images} held-out "
-          f"shapes images; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'backbone norm':<14}{'mask AP':>9}{'AP50':>8}{'AP75':>8}{'box AP':>8}{'s/iter':>8}")
-    for r in rows:
-        print(f"{r['variant']:<14}{r['mask_AP']:>9.3f}{r['mask_AP50']:>8.3f}{r['mask_AP75']:>8.3f}{r['box_AP']:>8.3f}"
-              f"{r['s_per_iter']:>8.2f}")
+    for seed in args.seeds:
+        data = {"train": generate_shapes_dataset(out / "data" / f"train{seed}", args.train_images, seed=seed),
+                "val": generate_shapes_dataset(out / "data" / f"val{seed}", args.val_images, seed=seed + 10_000)}
+        for name in args.variants:
+            for lr in args.lrs:
+                rows.append(train_one(name, lr, seed, data, out, args))
+                print(json.dumps(rows[-1]), flush=True)
+                # after every run, so an interrupted sweep keeps what it finished
+                write_json_atomic({"iterations": args.iterations, "train_images": args.train_images,
+                                   "val_images": args.val_images, "load_average": os.getloadavg(),
+                                   "cpus": os.cpu_count(), "rows": rows}, out / "summary.json")
+    print_table(rows, args)
     return 0
 
 
