@@ -2,7 +2,8 @@
 GroupNorm in the backbone, same data, schedule and iterations.
 
     python benchmarks/norms_from_scratch.py [--iterations 400] [--train-images 300] [--val-images 100]
-                                            [--variants frozen_bn bn gn] [--threads N] [--out DIR]
+                                            [--variants frozen_bn bn gn] [--lrs 0.04 0.08] [--seeds 0 1]
+                                            [--threads N] [--out DIR]
 
 Each variant is `maskrcnn demo`'s recipe (configs/shapes_cpu.yaml: ResNet-18 at 1/4 width, v2
 heads with batch norm, every stage trainable, cosine schedule) trained by the same `train`
@@ -11,7 +12,11 @@ from a random initialization, with one change, the backbone's norm layer:
   bn         trainable batch norm (statistics of each batch of 4 images)
   gn         GroupNorm, 8 groups (the narrowest layers have 16 channels; Wu & He's 32 need >= 32)
   gn_heads   GroupNorm in the backbone and in the FPN and heads (Detectron2's GN configs)
-The same seed gives every variant the same data order and head initialization. Mask and box AP
+Every variant trains at every learning rate of `--lrs` (the recipe's 0.04 by default) and every
+seed of `--seeds`, and is judged at its best one (mean mask AP over the seeds), since normalized
+nets tolerate and need a higher rate than an unnormalized one (He et al., "Rethinking ImageNet
+Pre-training"; Wu & He, "Group Normalization"). The same seed gives every variant the same data,
+data order and head initialization; a run whose loss goes non-finite is a row marked diverged. Mask and box AP
 (pycocotools) on held-out images from another seed; seconds per iteration. Writes
 OUT/summary.json and prints a table; the machine's load is printed with it, since the times
 are only comparable within one run.
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--variants", nargs="+", default=["frozen_bn", "bn", "gn"], choices=list(VARIANTS))
     parser.add_argument("--lrs", nargs="+", type=float, default=[RECIPE_LR],
-                        help=f"learning rates to sweep, each variant trained at each (default: the recipe's {RECIPE_LR})")
+                        help=f"learning rates to sweep, each variant at each (default: the recipe's {RECIPE_LR})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="seeds: each draws its own data, data order and initialization")
     parser.add_argument("--out", default="/tmp/norms_from_scratch")
