@@ -53,13 +53,18 @@ def _faster_coco_eval():
     return FasterCOCO, COCOeval_faster
 
 
+def _checked(backend: str) -> str:
+    """`backend`, if it is one of BACKENDS."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown evaluation backend {backend!r}; use {' or '.join(map(repr, BACKENDS))}")
+    return backend
+
+
 def ground_truth_for(coco_gt: COCO, backend: str):
     """The ground truth as `backend` evaluates it: pycocotools' COCO itself, or faster-coco-eval's
     COCO built from the same annotations (build it once per evaluation: it indexes them all)."""
-    if backend == "pycocotools":
+    if _checked(backend) == "pycocotools":
         return coco_gt
-    if backend != "faster-coco-eval":
-        raise ValueError(f"unknown evaluation backend {backend!r}; use {' or '.join(map(repr, BACKENDS))}")
     faster_coco, _ = _faster_coco_eval()
     if isinstance(coco_gt, faster_coco):
         return coco_gt
@@ -107,9 +112,7 @@ class COCOEvaluator:
         backend: str = "pycocotools",
     ):
         self.coco_gt = load_coco_gt(coco_gt)
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown evaluation backend {backend!r}; use {' or '.join(map(repr, BACKENDS))}")
-        if backend != "pycocotools":
+        if _checked(backend) != "pycocotools":
             _faster_coco_eval()  # a missing package is reported now, not after the inference
         self.backend = backend
         self.iou_types = tuple(iou_types)

@@ -84,10 +84,9 @@ def _folded(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
     device = conv.weight.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
     key = (state, norm.eps, dtype)
-    cached = norm.__dict__.get("_folded_cache")
+    cached = getattr(norm, "_folded_cache", None)
     if cached is None or cached[0] != key:
-        cached = (key, _fold(conv, norm, dtype))
-        norm.__dict__["_folded_cache"] = cached
+        cached = norm._folded_cache = (key, _fold(conv, norm, dtype))
     return cached[1]
 
 
