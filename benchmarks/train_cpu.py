@@ -11,18 +11,22 @@ Configs (the issue's):
               RoIs per image
     r50_800   ResNet-50-FPN (torchvision's maskrcnn_resnet50_fpn layout), 800 px, batch 2,
               torchvision's defaults (2000 proposals, 512 RoIs per image)
-Both sides: random weights (seeded), frozen batch norm, every backbone stage trainable, SGD with
-momentum 0.9 and weight decay 1e-4 at lr 0.01; the same synthetic shapes images and targets.
-An iteration is forward (the five losses), backward and the optimizer step; the median over
-`--iters` timed iterations after `--warmup` is reported. Peak memory (`--memory`): each side in a
-subprocess of its own, ru_maxrss after warm-up + timed iterations.
+Both sides start from the same tensors (`initial_weights`: the parity fixtures' seeded recipe,
+in our names, loaded into torchvision's model through the checkpoint name map; a reference test
+checks that the two models then give the same detections), frozen batch norm, every backbone
+stage trainable, SGD with momentum 0.9 and weight decay 1e-4 at lr 0.01; the same synthetic shapes
+images and targets. The table's "first loss" shows the two sides computing the same thing (the
+RoI samplers draw differently, so it agrees to about 1e-3, not bit for bit). An iteration is
+forward (the five losses), backward and the optimizer step; the median over `--iters` timed
+iterations after `--warmup` is reported; a non-finite loss stops the config with a "diverged"
+row, since what follows it would time a model that no longer does the work. "x floor" is the
+time over (FLOPs of one forward + backward, counted by torch's FlopCounterMode) / the float32
+2048^3 GEMM rate measured in the same run. Peak memory (`--memory`): each side in a subprocess of
+its own, ru_maxrss after warm-up + timed iterations.
 
-Measured 2026-12-02 on a quiet 2-core machine (`--threads 2 --iters 3 --warmup 1 --memory`,
-reference venv, torch 2.14.1): r18_256 ours 2.883 s / iteration against torchvision 3.096 s
-(0.93); r50_800 ours 10.958 s against 12.824 s (0.85); peak RSS 2.06 / 4.16 GiB. Before the
-embedding_bag RoIAlign and the kept-boxes NMS the r18_256 ratio was 1.40 (shared machine). What
-is left is mostly convolution forward and backward (about two thirds of either side's
-iteration, the same oneDNN kernels), which is why 0.67 is not reached in float32.
+Until 2026-12-02 each side used its own library's random init; torchvision's (unit frozen-BN
+scales on ResNet-50) reached NaN losses at the second r50_800 iteration, so its timed iterations
+were of a diverged model; the figures before that date are void.
 """
 from __future__ import annotations
 
@@ -38,9 +42,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from inference_cpu import matmul_rate  # noqa: E402
 from maskrcnn import build_model  # noqa: E402
+from maskrcnn.checkpoint.seeded import Recipe, seeded_state_dict  # noqa: E402
+from maskrcnn.checkpoint.torchvision import convert_state_dict  # noqa: E402
 from maskrcnn.data import CocoDataset, generate_shapes_dataset  # noqa: E402
 from maskrcnn.modeling.build import ModelConfig  # noqa: E402
 
@@ -96,18 +103,52 @@ def torchvision_model(cfg: dict):
 BUILDERS = {"maskrcnn": ours, "torchvision": torchvision_model}
 
 
-def train_step(model, losses, optimizer, images, targets) -> float:
+def initial_weights(cfg: dict) -> dict:
+    """The tensors both sides start from, in our names: the parity fixtures' seeded recipe
+    (He-normal convs, prediction layers at 0.1 gain, each residual branch's last norm scaled to
+    about 0.2, frozen statistics near 0 mean and unit variance). Each library's own random init
+    differs from the other's, and torchvision's (unit frozen-BN scales on a 50-layer ResNet) went
+    to NaN losses by the second iteration at lr 0.01: the iterations timed were then of a
+    diverged model, so the two sides no longer did the same work."""
+    model, _ = ours(cfg)
+    last_norm = ("bn3.weight",) if cfg["depth"] >= 50 else ("bn2.weight",)
+    recipe = Recipe(output_layer_suffixes=("rpn.head.objectness.weight", "rpn.head.deltas.weight",
+                                           "box_predictor.cls_score.weight", "box_predictor.bbox_pred.weight",
+                                           "mask_head.predictor.weight"),
+                    last_norm_suffixes=last_norm)
+    return seeded_state_dict([(k, list(v.shape), "float32") for k, v in model.state_dict().items()], recipe)
+
+
+def load_initial_weights(name: str, model, weights: dict) -> None:
+    if name == "maskrcnn":
+        model.load_state_dict(weights)
+        return
+    ours_names = convert_state_dict(dict.fromkeys(model.state_dict()))  # torchvision name -> ours, in order
+    model.load_state_dict({tv: weights[our] for tv, our in zip(model.state_dict(), ours_names)})
+
+
+class DivergedError(RuntimeError):
+    pass
+
+
+def train_step(model, losses, optimizer, images, targets) -> tuple[float, float]:
+    """One iteration; returns (seconds, total loss). A non-finite loss stops the benchmark: the
+    iterations after it would time a model that no longer does the work being measured."""
     start = time.perf_counter()
     loss = sum(losses(images, targets).values())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if not torch.isfinite(loss):
+        raise DivergedError(f"{type(model).__module__}: loss {float(loss.detach())}")
+    return seconds, float(loss.detach())
 
 
-def prepare(name: str, cfg: dict):
+def prepare(name: str, cfg: dict, weights: dict | None = None):
     torch.manual_seed(0)
     model, losses = BUILDERS[name](cfg)
+    load_initial_weights(name, model, initial_weights(cfg) if weights is None else weights)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -122,18 +163,34 @@ def available() -> list[str]:
     return ["maskrcnn", "torchvision"]
 
 
-def time_config(key: str, args) -> dict[str, list[float]]:
+def iteration_flops(model, losses, images, targets) -> float:
+    """FLOPs of one forward + backward (torch's FlopCounterMode: convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        sum(losses(images, targets).values()).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def time_config(key: str, args) -> tuple[dict, dict, dict]:
     cfg = CONFIGS[key]
     images, targets = make_batch(cfg["size"], cfg["batch"])
-    sides = {name: prepare(name, cfg) for name in available()}
+    weights = initial_weights(cfg)
+    sides = {name: prepare(name, cfg, weights) for name in available()}
+    first_loss = {}
     for _ in range(args.warmup):
-        for model, losses, optimizer in sides.values():
-            train_step(model, losses, optimizer, images, targets)
+        for name, (model, losses, optimizer) in sides.items():
+            first_loss.setdefault(name, train_step(model, losses, optimizer, images, targets)[1])
     times = {name: [] for name in sides}
     for _ in range(args.iters):
         for name, (model, losses, optimizer) in sides.items():  # alternating, same machine
-            times[name].append(train_step(model, losses, optimizer, images, targets))
-    return times
+            seconds, loss = train_step(model, losses, optimizer, images, targets)
+            times[name].append(seconds)
+            first_loss.setdefault(name, loss)
+    flops = {name: iteration_flops(model, losses, images, targets) for name, (model, losses, _) in sides.items()}
+    return times, first_loss, flops
 
 
 def peak_memory(key: str, name: str, args) -> float:
@@ -162,18 +219,29 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {args.threads} threads; sides: {', '.join(sides)}; "
           f"median of {args.iters} iterations after {args.warmup} warm-up")
     print()
-    print("| config | side | s / iteration | vs torchvision | peak RSS GiB |")
-    print("|---|---|---|---|---|")
+    rate = matmul_rate()
+    print(f"float32 matmul rate (2048^3 GEMM): {rate / 1e9:.0f} GFLOP/s; x floor = time / (GFLOP / rate)")
+    print()
+    print("| config | side | s / iteration | vs torchvision | GFLOP | x floor | first loss | peak RSS GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     figures = {}
     for key in args.configs:
-        times = time_config(key, args)
+        try:
+            times, first_loss, flops = time_config(key, args)
+        except DivergedError as e:
+            print(f"| {key} | diverged: {e} | - | - | - | - | - | - |")
+            figures[key] = {"diverged": str(e)}
+            continue
         median = {name: statistics.median(t) for name, t in times.items()}
-        figures[key] = {"median_s": median, "runs": times}
+        figures[key] = {"median_s": median, "runs": times, "first_loss": first_loss, "gflop":
+                        {n: f / 1e9 for n, f in flops.items()}, "matmul_gflops": rate / 1e9}
         for name in sides:
             ratio = f"{median[name] / median['torchvision']:.2f}" if "torchvision" in median else "-"
             memory = f"{peak_memory(key, name, args):.2f}" if args.memory else "-"
             figures[key].setdefault("peak_rss_gib", {})[name] = memory
-            print(f"| {key} | {name} | {median[name]:.3f} | {ratio} | {memory} |")
+            floor = flops[name] / rate
+            print(f"| {key} | {name} | {median[name]:.3f} | {ratio} | {flops[name] / 1e9:.0f} | "
+                  f"{median[name] / floor:.2f} | {first_loss[name]:.3f} | {memory} |")
     if "torchvision" not in sides:
         print("\n(torchvision is not installed here: run in the reference venv for its rows)")
     if args.json:
