@@ -1,6 +1,7 @@
 """Training throughput on the CPU: ours against torchvision, same model, data and settings.
 
     python benchmarks/train_cpu.py [--threads 2] [--iters 5] [--warmup 2] [--configs r18_256 r50_800]
+                                   [--precision fp32|bf16] [--memory]
 
 Run it in the reference venv (torch + torchvision, this package installed): both models train in
 this one process, iteration by iteration in turn, so they see the same machine. Without
@@ -145,11 +146,23 @@ def train_step(model, losses, optimizer, images, targets) -> tuple[float, float]
     return seconds, float(loss.detach())
 
 
-def prepare(name: str, cfg: dict, weights: dict | None = None):
+def prepare(name: str, cfg: dict, weights: dict | None = None, precision: str = "fp32"):
+    """precision "bf16": the forward under CPU autocast bfloat16 on both sides (ours through its
+    `precision` attribute, which otherwise turns an outer autocast off; torchvision by wrapping
+    its forward), float32 weights and optimizer as in any mixed-precision training."""
     torch.manual_seed(0)
     model, losses = BUILDERS[name](cfg)
     load_initial_weights(name, model, initial_weights(cfg) if weights is None else weights)
     model.train()
+    if precision == "bf16":
+        if name == "maskrcnn":
+            model.precision = "bf16"
+        else:
+            fp32_losses = losses
+
+            def losses(images, targets):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return {k: v.float() for k, v in fp32_losses(images, targets).items()}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
     return model, losses, optimizer
@@ -178,7 +191,7 @@ def time_config(key: str, args) -> tuple[dict, dict, dict]:
     cfg = CONFIGS[key]
     images, targets = make_batch(cfg["size"], cfg["batch"])
     weights = initial_weights(cfg)
-    sides = {name: prepare(name, cfg, weights) for name in available()}
+    sides = {name: prepare(name, cfg, weights, args.precision) for name in available()}
     first_loss = {}
     for _ in range(args.warmup):
         for name, (model, losses, optimizer) in sides.items():
@@ -198,7 +211,7 @@ def peak_memory(key: str, name: str, args) -> float:
     code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
             f"import torch, resource, train_cpu as b; torch.set_num_threads({args.threads}); "
             f"cfg=b.CONFIGS[{key!r}]; im, tg = b.make_batch(cfg['size'], cfg['batch']); "
-            f"m, l, o = b.prepare({name!r}, cfg); "
+            f"m, l, o = b.prepare({name!r}, cfg, precision={args.precision!r}); "
             f"[b.train_step(m, l, o, im, tg) for _ in range({args.warmup + args.iters})]; "
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -211,16 +224,19 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: both sides' forward under CPU autocast bfloat16 (x floor then at the "
+                             "bfloat16 GEMM rate)")
     parser.add_argument("--memory", action="store_true", help="also peak RSS per side (a subprocess each)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sides = available()
-    print(f"torch {torch.__version__}, {args.threads} threads; sides: {', '.join(sides)}; "
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.precision}; sides: {', '.join(sides)}; "
           f"median of {args.iters} iterations after {args.warmup} warm-up")
     print()
-    rate = matmul_rate()
-    print(f"float32 matmul rate (2048^3 GEMM): {rate / 1e9:.0f} GFLOP/s; x floor = time / (GFLOP / rate)")
+    rate = matmul_rate(dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    print(f"{args.precision} matmul rate (2048^3 GEMM): {rate / 1e9:.0f} GFLOP/s; x floor = time / (GFLOP / rate)")
     print()
     print("| config | side | s / iteration | vs torchvision | GFLOP | x floor | first loss | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|---|")
