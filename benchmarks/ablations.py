@@ -1,6 +1,6 @@
 """The Mask R-CNN paper's ablations (Table 2a, b, c, e and Table 3) re-run on the synthetic shapes data.
 
-    python benchmarks/ablations.py --threads 1           # every variant, ~32 min on 2 busy cores
+    python benchmarks/ablations.py                       # every variant: 8 min on 2 quiet cores
     python benchmarks/ablations.py --variants align pool warp --iterations 300
     python benchmarks/ablations.py --json ablations.json
 
@@ -18,44 +18,48 @@ differs by ~1-3 AP, so smaller gaps are noise. A run that diverges is reported a
 The heads are the paper's (variant "v1": no normalization in FPN, RPN, box or mask head), so the
 MLP and FCN mask heads differ in layout only.
 
-Measured 2026-12-02, `python benchmarks/ablations.py --threads 1` (the default schedule, all rows),
-on a 2-core machine shared with three other sessions (load average 5-10 throughout): 1928 s in all
-(32 minutes; rows 113-518 s; 1830 s of it training, the s/iter column x 400). It was not timed
-on quiet cores, where it should take less, but that is an estimate. Paper columns as corrected
-below (the run printed the old Table 3 and RoIWarp rows):
+Measured 2026-12-02 on 2 quiet cores, `python benchmarks/ablations.py` (the default schedule,
+all rows, 2 threads): 476 s in all (8 minutes; 31-126 s a row). Paper columns as below:
 
 variant                            mask AP  AP50  AP75 box AP s/iter | paper:    AP  AP50  AP75  APbb  (where)
-RoIAlign, sigmoid, FCN (baseline)     38.2  54.1  43.9   39.7  0.550 | paper:  30.3  51.2  31.5     -  (R-50-C4, Tab. 2b/2c)
-RoIPool                               33.8  54.2  36.1   35.6  1.234 | paper:  26.9  48.8  26.4     -  (R-50-C4, Tab. 2c)
-RoIWarp                               33.5  53.8  35.3   34.8  0.466 | paper:  27.1  48.9  27.1     -  (R-50-C4, Tab. 2c (ave))
-softmax (multinomial) masks            0.0   0.0   0.0   30.3  0.465 | paper:  24.8  44.1  25.1     -  (R-50-C4, Tab. 2b)
-class-agnostic masks                  36.6  53.2  43.8   38.6  0.473 | paper:  29.7     -     -     -  (R-50-C4, Sec. 4.2)
-MLP mask head                         24.9  45.1  23.3   32.2  0.412 | paper:  31.5  53.7  32.8     -  (R-50-FPN, Tab. 2e)
-no mask branch (Faster R-CNN)            -     -     -   31.9  0.266 | paper:     -     -     -  37.3  (R-101-FPN, Tab. 3)
-C4 backbone (res5 head)                8.5  20.3   5.0    6.9  0.709 | paper:  30.3  51.2  31.5     -  (R-50-C4, Tab. 2a)
-paper references: R-50-FPN with FCN mask head (Tab. 2e)  33.6  55.2  35.3; Mask R-CNN box AP, R-101-FPN (Tab. 3) 38.2
+RoIAlign, sigmoid, FCN (baseline)     34.7  52.1  38.9   37.0  0.121 | paper:  30.3  51.2  31.5     -  (R-50-C4, Tab. 2b/2c)
+RoIPool                               31.4  52.4  33.8   33.9  0.299 | paper:  26.9  48.8  26.4     -  (R-50-C4, Tab. 2c)
+RoIWarp                               29.6  48.7  31.7   31.4  0.121 | paper:  27.1  48.9  27.1     -  (R-50-C4, Tab. 2c (ave))
+softmax (multinomial) masks            1.1   6.1   0.0   37.5  0.118 | paper:  24.8  44.1  25.1     -  (R-50-C4, Tab. 2b)
+class-agnostic masks                  37.9  55.3  43.0   40.1  0.120 | paper:  29.7     -     -     -  (R-50-C4, Sec. 4.2)
+MLP mask head                         23.1  44.8  20.9   30.3  0.107 | paper:  31.5  53.7  32.8     -  (R-50-FPN, Tab. 2e)
+no mask branch (Faster R-CNN)            -     -     -   29.4  0.074 | paper:     -     -     -  37.3  (R-101-FPN, Tab. 3)
+C4 backbone (res5 head)               12.9  27.7   8.1   11.0  0.168 | paper:  30.3  51.2  31.5     -  (R-50-C4, Tab. 2a)
+
+An earlier run of the same schedule with --threads 1 (a 2-core machine shared with three other
+sessions, 1928 s) gave baseline 38.2 / box 39.7, RoIPool 33.8, RoIWarp 33.5, softmax 0.0,
+class-agnostic 36.6, MLP 24.9, no mask branch box 31.9, C4 8.5: one thread against two changes
+the float summation order and so the whole trajectory, and the rows moved by 1-4 AP. That is this
+table's noise; only gaps well above it mean anything.
 
 Where the shapes data follows the paper and where it does not (one seed, 400 iterations):
-  - RoIAlign over RoIPool / RoIWarp: reproduced, and in the paper's shape: +4.4 / +4.7 mask AP,
-    the gain at AP75 (+7.8 / +8.6) with AP50 equal (54.1 / 54.2 / 53.8); RoIWarp on par with
-    RoIPool, since both quantize the box. Box AP gains too (+4 to +5; the paper's Table 2c is mask only).
-  - class-agnostic masks nearly as good as class-specific (-1.6; paper -0.6): reproduced.
+  - RoIAlign over RoIPool / RoIWarp: reproduced in both runs: +3.3 / +5.1 mask AP here, the gain
+    mostly at AP75 (+5.1 / +7.2) with AP50 about equal; RoIWarp no better than RoIPool, since
+    both quantize the box. Box AP gains too (+3 to +6; the paper's Table 2c is mask only).
+  - class-specific over class-agnostic masks (paper +0.6): NOT reproduced: here agnostic is 3.2
+    above, in the earlier run 1.6 below. The paper's gap is far below this table's noise, and
+    with three shape classes one shared mask loses little; the rows say the two are on par.
   - sigmoid over softmax: the direction is reproduced, the size is not: the multinomial head has
-    not learnt by 400 iterations (loss 0.87 and still falling, against the sigmoid's 0.17; on held-out
-    images its class probabilities reach 0.3-0.65 and rarely pass the 0.5 paste threshold, so every
-    mask is nearly empty). Its box AP is lower too (30.3), the coupled loss pulling on the shared
-    features. Longer training would be needed to measure the paper's 5.5-point gap.
-  - FCN over MLP: direction reproduced, the gap far wider (13.3 against 2.1): the MLP head learns
-    slower from scratch (training mask loss 0.46 at the end against the FCN's 0.17: underfit,
-    not overfit).
-  - mask branch helps box AP (multi-task, Table 3): reproduced, 39.7 against 31.9, wider than the
-    paper's 0.9 and than this run's ~3 AP noise.
+    not learnt by 400 iterations (its class probabilities on held-out images reach 0.3-0.65 and
+    rarely pass the 0.5 paste threshold, so masks are nearly empty). Its box AP is on par here
+    (37.5) and lower in the earlier run (30.3). Longer training would be needed to measure the
+    paper's 5.5-point gap.
+  - FCN over MLP: direction reproduced, the gap far wider (11.6 against 2.1): the MLP head learns
+    slower from scratch (in the earlier run its training mask loss ended at 0.46 against the
+    FCN's 0.17: underfit, not overfit).
+  - mask branch helps box AP (multi-task, Table 3): reproduced in both runs (37.0 against 29.4
+    here), wider than the paper's 0.9.
   - FPN over C4: direction reproduced, but the C4 row (ResNet-18 at 1/4 width, res5 head, v1: no
-    normalization anywhere) has barely started learning in 400 iterations (8.5 mask AP), so it
-    says more about training an unnormalized res5 RoI head from scratch (its loss 1.41 at the
-    end, against FPN's 0.90) than about the paper's 3.3-point gap.
-  - time: RoIPool is the slowest (1.23 s/iter against RoIAlign's 0.55), Faster R-CNN the fastest
-    (0.27); the load changed during the run, so only gaps this large mean anything.
+    normalization anywhere) has barely started learning in 400 iterations (12.9 mask AP), so it
+    says more about training an unnormalized res5 RoI head from scratch than about the paper's
+    3.3-point gap.
+  - time: RoIPool is the slowest (0.30 s/iter against RoIAlign's 0.12), Faster R-CNN the
+    fastest (0.07).
 
 Rows (`--variants` names):
     align     RoIAlign, per-class sigmoid masks, FCN mask head: the paper's final design
