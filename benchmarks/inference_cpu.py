@@ -22,14 +22,18 @@ slower than that we are. The torchvision 0.28 row of the fp32 table is the proje
 figure, kept for direction only.
 
 Measured 2026-12-02 (reference venv: torch 2.14.1, torchvision 0.29.1, ONNX Runtime 1.32.0; 2
-threads on a quiet 2-core AMD EPYC with AVX512-BF16; `--backend all --runs 5`), median s / image
+threads on a quiet 2-core AMD EPYC with AVX512-BF16; `--backend all --runs 7`), median s / image
 and ratio to torchvision on ONNX Runtime, all in one run:
-    maskrcnn eager fp32    3.066  0.87      maskrcnn eager bf16     1.563  0.44
-    maskrcnn ONNX Runtime  2.841  0.81      torchvision eager       4.282  1.22
-    torchvision ONNX Runtime 3.520  1.00    floors: fp32 3.19 s (157 GFLOP/s), bf16 1.22 s (411)
-Per stage at fp32 (x floor): backbone+FPN 0.89, RPN 0.79, box branch 1.17 (2.7-3.4 before RoIAlign
-became one embedding_bag), mask branch 0.77, paste 7.6 (73 ms). The 2048^3 GEMM used for the rate
-is slower than oneDNN's convolutions, hence ratios below 1.
+    maskrcnn eager fp32    2.815  0.89      maskrcnn eager bf16     1.495  0.47
+    maskrcnn ONNX Runtime  2.709  0.85      torchvision eager       3.809  1.20
+    torchvision ONNX Runtime 3.174  1.00    floors: fp32 2.57 s (195 GFLOP/s), bf16 1.25 s (401)
+Per stage at fp32 / bf16 (x floor): backbone+FPN 1.08 / 1.06, RPN 1.00 / 1.02, box branch 1.58 /
+2.34, mask branch 0.91 / 1.09, paste 8.7 / 15.7 (67 / 59 ms). The run before it (`--runs 5`) gave
+ours on ONNX Runtime 0.81 and eager fp32 0.87, bf16 0.44: the ratios move by a few hundredths
+between quiet runs. Our ONNX graph is at 1.05x the fp32 floor, torchvision's at 1.24x; a per-node
+ONNX Runtime profile puts both graphs' Conv and RoiAlign kernels within noise of each other, so
+what separates them is torchvision's paste loop (~0.9 s) and nothing left in ours to cut. The
+2048^3 GEMM used for the rate is slower than oneDNN's convolutions, hence ratios below 1.
 """
 from __future__ import annotations
 
