@@ -69,10 +69,11 @@ frozen_bn       0.04    1    0.751   0.820      488
 gn              0.04    1    0.750   0.839      743
 Means: frozen BN 0.758 mask / 0.826 box, GN 0.744 / 0.835. ResNet-50 beats ResNet-18 with
 either norm (+0.02 mask AP), and GN is still 0.014 below frozen BN in mask AP (0.001 and 0.027 by
-seed) while 0.009 above in box AP: a deeper net does not make the backbone norm matter here, and
-GN costs 45 % more time per iteration on the CPU. So the claim that GN or BN reaches at least frozen
-BN's AP from scratch in the same iterations is not shown on this data; what the measurements do
-show is that the three are within 0.02 mask AP of each other at 1000 iterations, GN nearest.
+seed) while 0.009 above in box AP: a deeper net does not make the backbone norm matter here,
+and GN runs took ~40 % longer (timed beside other work). So the claim that GN or BN reaches at
+least frozen BN's AP from scratch in the same iterations is not shown on this data; what the
+measurements do show is that the three are within 0.02 mask AP of each other at 1000
+iterations, GN nearest.
 """
 from __future__ import annotations
 
