@@ -169,6 +169,20 @@ def build_training_model(cfg: Config, train_set: CocoDataset) -> MaskRCNN:
     return build_model(ModelConfig.from_dict(options))
 
 
+# Options that change what the network is, named beside the preset in the training log: a preset
+# name alone would misname, say, maskrcnn_resnet18_small trained with model.depth=50.
+_ARCHITECTURE_OPTIONS = ("architecture", "variant", "depth", "groups", "width_per_group", "backbone_norm",
+                         "head_norm", "mask_on", "mask_loss", "mask_head", "class_agnostic_masks", "roi_extractor")
+
+
+def describe_model(cfg: Config) -> str:
+    """The preset's name, plus the architecture options the config sets to other values."""
+    preset = ModelConfig.from_dict(PRESETS[cfg.preset])
+    changed = [f"{key}={value}" for key, value in cfg.model_overrides().items()
+               if key in _ARCHITECTURE_OPTIONS and getattr(preset, key, value) != value]
+    return cfg.preset + (f" ({', '.join(changed)})" if changed else "")
+
+
 def data_fingerprint(dataset: CocoDataset) -> dict[str, str]:
     """SHA-256 of the annotation file's bytes and of the image list (file names in dataset
     order): what a resumed run must train on to continue the same run."""
@@ -315,7 +329,7 @@ def _train(cfg: Config, resume: bool, info: distributed.DistInfo, device: torch.
             log(f"iteration {done}: " + ", ".join(f"{iou} AP {r['AP']:.3f} AP50 {r['AP50']:.3f}" for iou, r in results.items()))
         return results
 
-    log(f"training {cfg.preset} on {len(train_set)} images, {train_set.num_classes} classes, "
+    log(f"training {describe_model(cfg)} on {len(train_set)} images, {train_set.num_classes} classes, "
         f"batch {s.batch_size} on {info.world_size} x {device.type}, iterations {start_iter}..{s.max_iter}"
         + (f"; {len(train_set.skipped)} bad images/annotations skipped" if cfg.data.skip_bad else ""))
     train_model.train()

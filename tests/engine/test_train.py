@@ -195,3 +195,16 @@ def test_cuda_mixed_precision_trains_and_resumes(tiny_shapes, tmp_path):
     assert "scale" in state["scaler"] and "cuda" in state["rng"][0]
     assert all(torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point())
 
+
+
+def test_training_log_names_the_architecture_options_a_config_changes():
+    from maskrcnn.engine.config import load_config
+    from maskrcnn.engine.train import describe_model
+
+    paths = ["data.train_annotations=a.json", "data.train_images=a"]
+    # shapes_cpu.yaml itself moves the preset to v2 heads; depth and norm come from the command line
+    assert describe_model(load_config("shapes_cpu.yaml", paths)) == "maskrcnn_resnet18_small (variant=v2)"
+    described = describe_model(load_config("shapes_cpu.yaml", [*paths, "model.depth=50", "model.backbone_norm=gn"]))
+    assert described == "maskrcnn_resnet18_small (variant=v2, depth=50, backbone_norm=gn)"
+    # an option set to the preset's own value is not news
+    assert describe_model(load_config(None, [*paths, "model.depth=50"])) == "maskrcnn_resnet50_fpn"
