@@ -72,8 +72,8 @@ either norm (+0.02 mask AP), and GN is still 0.014 below frozen BN in mask AP (0
 seed) while 0.009 above in box AP: a deeper net does not make the backbone norm matter here,
 and GN runs took ~40 % longer (timed beside other work). So the claim that GN or BN reaches at
 least frozen BN's AP from scratch in the same iterations is not shown on this data; what the
-measurements do show is that the three are within 0.02 mask AP of each other at 1000
-iterations, GN nearest.
+measurements do show is that at 1000 iterations the norms are within 0.02 mask AP of frozen BN
+(BN was not run at ResNet-50), GN nearest.
 """
 from __future__ import annotations
 

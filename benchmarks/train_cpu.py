@@ -19,8 +19,8 @@ stage trainable, SGD with momentum 0.9 and weight decay 1e-4 at lr 0.01; the sam
 images and targets. The table's "first loss" shows the two sides computing the same thing (the
 RoI samplers draw differently, so it agrees to about 1e-3 at R18 and 2 % at R50, not bit for
 bit). An iteration is forward (the five losses), backward and the optimizer step; the median
-over `--iters` timed iterations after `--warmup` is reported; a non-finite loss stops the config with a "diverged"
-row, since what follows it would time a model that no longer does the work. "x floor" is the
+over `--iters` timed iterations after `--warmup` is reported; a non-finite loss stops the config
+with a "diverged" row, since what follows it would time a model that no longer does the work. "x floor" is the
 time over (FLOPs of one forward + backward, counted by torch's FlopCounterMode) / the float32
 2048^3 GEMM rate measured in the same run. Peak memory (`--memory`): each side in a subprocess of
 its own, its peak RSS (VmHWM) after warm-up + timed iterations.

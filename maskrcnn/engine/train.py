@@ -179,7 +179,7 @@ def describe_model(cfg: Config) -> str:
     """The preset's name, plus the architecture options the config sets to other values."""
     preset = ModelConfig.from_dict(PRESETS[cfg.preset])
     changed = [f"{key}={value}" for key, value in cfg.model_overrides().items()
-               if key in _ARCHITECTURE_OPTIONS and getattr(preset, key, value) != value]
+               if key in _ARCHITECTURE_OPTIONS and getattr(preset, key) != value]
     return cfg.preset + (f" ({', '.join(changed)})" if changed else "")
 
 

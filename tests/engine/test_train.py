@@ -198,8 +198,14 @@ def test_cuda_mixed_precision_trains_and_resumes(tiny_shapes, tmp_path):
 
 
 def test_training_log_names_the_architecture_options_a_config_changes():
+    import dataclasses
+
     from maskrcnn.engine.config import load_config
-    from maskrcnn.engine.train import describe_model
+    from maskrcnn.engine.train import _ARCHITECTURE_OPTIONS, describe_model
+    from maskrcnn.modeling.build import ModelConfig
+
+    # a renamed ModelConfig option would otherwise drop out of the log without a word
+    assert set(_ARCHITECTURE_OPTIONS) <= {f.name for f in dataclasses.fields(ModelConfig)}
 
     paths = ["data.train_annotations=a.json", "data.train_images=a"]
     # shapes_cpu.yaml itself moves the preset to v2 heads; depth and norm come from the command line
